@@ -1,0 +1,39 @@
+# geoguess: `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint format train smoke bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the project (editable) with its dev extras
+
+test: $(VENV)/.installed ## Run the test suite
+	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
+
+lint: $(VENV)/.installed ## Check formatting and lint with ruff
+	$(VENV)/bin/ruff format --check geoguess tests
+	$(VENV)/bin/ruff check geoguess tests
+
+format: $(VENV)/.installed ## Format and fix lint with ruff
+	$(VENV)/bin/ruff format geoguess tests
+	$(VENV)/bin/ruff check --fix geoguess tests
+
+train: $(VENV)/.installed ## Train the quickstart experiment on the embedded dataset (ARGS= for overrides)
+	$(PY) -m geoguess.train experiment=quickstart $(ARGS)
+
+smoke: $(VENV)/.installed ## A two-minute training run on tiny settings
+	$(PY) -m geoguess.train experiment=smoke $(ARGS)
+
+clean: ## Remove caches and build artefacts (keeps .venv and outputs/)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

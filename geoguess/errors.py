@@ -1,0 +1,5 @@
+"""User-facing errors: the CLIs print their message and exit non-zero, without a traceback."""
+
+
+class GeoguessError(Exception):
+    """An error caused by the user's input or settings, with a message that says how to fix it."""

@@ -1,0 +1,66 @@
+"""Atomic, non-clobbering file output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from geoguess.errors import GeoguessError
+
+
+class OutputExistsError(GeoguessError, FileExistsError):
+    """Refusal to overwrite a file the user already has."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    A crash leaves either the old file or none, never half a file. Without `overwrite`, an
+    existing `path` is an error (checked before and, via a hard link, at the rename).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{path} already exists; pass overwrite=true or choose another path"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if someone created `path` meanwhile
+            except FileExistsError:
+                raise OutputExistsError(f"{path} appeared while writing; not overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
+
+
+def write_json_atomic(path: str | Path, data, overwrite: bool = False) -> Path:
+    return write_text_atomic(
+        path, json.dumps(data, indent=2, default=_json_default) + "\n", overwrite
+    )
+
+
+def write_csv_atomic(path: str | Path, frame, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False), overwrite=overwrite)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
