@@ -17,7 +17,7 @@ def check_latlon(lat, lon, what: str = "coordinates") -> tuple[np.ndarray, np.nd
         if bad.any():
             index = np.flatnonzero(bad.ravel())[0]
             raise ValueError(
-                f"{what}: {name} {values.ravel()[index]!r} at index {index} is not a finite "
+                f"{what}: {name} {float(values.ravel()[index])!r} at index {index} is not a finite "
                 f"value in [-{limit:g}, {limit:g}]"
             )
     return lat, lon
@@ -47,7 +47,7 @@ class Projector:
             if not np.isfinite(values).all():
                 index = np.flatnonzero(~np.isfinite(values.ravel()))[0]
                 raise ValueError(
-                    f"projected {name} {values.ravel()[index]!r} at index {index} is not finite"
+                    f"projected {name} {float(values.ravel()[index])!r} at index {index} is not finite"
                 )
         lon, lat = self._inverse.transform(x, y, errcheck=True)
         return np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
