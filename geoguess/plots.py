@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import shapely  # noqa: E402
 
 from geoguess.utils.io import atomic_write  # noqa: E402
 
@@ -88,6 +89,9 @@ def plot_grid(country, grid, path: str | Path, overwrite: bool = False) -> None:
             color="blue",
             linewidth=0.5,
         )
+    x0, y0, x1, y1 = shapely.total_bounds(grid.cells())
+    ax.set_xlim(min(x0, ax.get_xlim()[0]) - 0.05, max(x1, ax.get_xlim()[1]) + 0.05)
+    ax.set_ylim(min(y0, ax.get_ylim()[0]) - 0.05, max(y1, ax.get_ylim()[1]) + 0.05)
     ax.set_title(f"{country.name}: {grid.num_classes} classes at spacing {grid.spacing:g}°")
     ax.legend(loc="lower left", fontsize=8)
     _save(fig, Path(path), overwrite)
