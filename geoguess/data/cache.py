@@ -1,0 +1,344 @@
+"""Decoding the views once: the memory-mapped uint8 image cache and the per-image verdicts.
+
+One parallel pass decodes every image at a DCT-reduced scale (`Image.draft`), resizes it to
+`image.size` and streams the `uint8 [N, 4, 3, S, S]` array to disk, so memory stays flat however
+large the dataset. The same pass proves that every image decodes (a truncated JPEG has a valid
+header, so only a full decode shows it); its verdicts are kept under the dataset key so that
+validation costs once. Layout, under the cache folder:
+
+    <key>/verdicts.json              failed images of the dataset with this key
+    <key>/<S>px.u8, <key>/<S>px.json the image array and its manifest (uuid order, failures)
+    <key>/stats-<S>px-<hash>.json    image statistics of one training split
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile
+
+from geoguess.data.io import HEADINGS, image_paths
+from geoguess.utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CACHE_FOLDER = ".geoguess-cache"
+# Verification only needs every byte decoded, not pixels at any size: the smallest DCT scale.
+VERIFY_SIZE = 8
+# Locations per task sent to a worker: large enough to amortise pickling, small enough to stream.
+CHUNKSIZE = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_image(path: str | Path, size: int) -> np.ndarray:
+    """`uint8 [3, size, size]` RGB of one image file; raises on any unreadable or truncated file.
+
+    `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (still reading every byte), which is
+    2-4x faster than a full decode followed by the same resize.
+    """
+    with _strict_truncation(), Image.open(path) as img:
+        img.draft("RGB", (size, size))
+        rgb = img.convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def verify_image(path: str | Path) -> None:
+    """Decode every byte of an image at the smallest scale; raises when it does not decode."""
+    with _strict_truncation(), Image.open(path) as img:
+        img.draft("RGB", (VERIFY_SIZE, VERIFY_SIZE))
+        img.load()
+
+
+@contextlib.contextmanager
+def _strict_truncation():
+    # Some libraries switch PIL to accept truncated files, which would hide broken images.
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def describe_failure(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"does not decode ({text})"
+
+
+def decode_location(paths: Sequence[str], size: int | None) -> tuple[np.ndarray | None, dict]:
+    """The four views as `uint8 [4, 3, S, S]` (None when `size` is None: verify only).
+
+    Returns (array or None, {path: reason} of the views that failed); a location with any
+    failed view has no array.
+    """
+    failures: dict[str, str] = {}
+    views = []
+    for path in paths:
+        try:
+            if size is None:
+                verify_image(path)
+            else:
+                views.append(decode_image(path, size))
+        except Exception as exc:  # noqa: BLE001 - any decoder error makes the file unusable
+            failures[str(path)] = describe_failure(exc)
+    if failures or size is None:
+        return None, failures
+    return np.stack(views), failures
+
+
+def view_key(path: str | Path) -> str:
+    """`<uuid>/<heading>.jpg`: how verdicts name a view, valid wherever the dataset lives."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
+
+
+def _decode_task(task: tuple[Sequence[str], int | None]) -> tuple[np.ndarray | None, dict]:
+    return decode_location(*task)
+
+
+def decode_all(
+    paths: Sequence[Sequence[str]], size: int | None, workers: int
+) -> Iterator[tuple[np.ndarray | None, dict]]:
+    """`decode_location` over every location, in order, in `workers` processes (0/1: here).
+
+    `imap` hands results back in order as they finish, so callers can stream them to disk.
+    """
+    tasks = ((list(p), size) for p in paths)
+    if workers <= 1 or len(paths) < 2 * CHUNKSIZE:
+        yield from map(_decode_task, tasks)
+        return
+    with _pool_context().Pool(workers) as pool:
+        yield from pool.imap(_decode_task, tasks, chunksize=CHUNKSIZE)
+
+
+def _pool_context():
+    # fork, like torch's DataLoader on Linux: spawn would re-import the caller's __main__
+    # (torch, lightning, timm: seconds per worker); the workers only run PIL and numpy.
+    if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys and locations of cache files
+
+
+def file_stats(
+    frame: pd.DataFrame, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(size, mtime_ns) of each view, `int64 [N, 4]`; -1 where missing or not in `mask`."""
+    sizes = np.full((len(frame), len(HEADINGS)), -1, dtype=np.int64)
+    mtimes = np.full_like(sizes, -1)
+    rows = np.flatnonzero(mask) if mask is not None else range(len(frame))
+    for i in rows:
+        root, uuid = frame["root"].iat[i], frame["uuid"].iat[i]
+        for j, path in enumerate(image_paths(root, uuid)):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if path.is_file():
+                sizes[i, j], mtimes[i, j] = st.st_size, st.st_mtime_ns
+    return sizes, mtimes
+
+
+def dataset_key(frame: pd.DataFrame, sizes: np.ndarray, mtimes: np.ndarray) -> str:
+    """sha256 of the dataset's contents: uuids, coordinates and every view's size and mtime.
+
+    Independent of row order and of where the data lives, so a moved or reordered dataset keeps
+    its cache; any edited, replaced or added file or coordinate gives a new key.
+    """
+    columns = [frame[c].astype(str).tolist() for c in ("uuid", "latitude_raw", "longitude_raw")]
+    digest = hashlib.sha256(f"geoguess-data-v{CACHE_VERSION}\n".encode())
+    for i in np.argsort(np.asarray(columns[0], dtype=object), kind="stable"):
+        stats = ",".join(f"{s}:{m}" for s, m in zip(sizes[i], mtimes[i], strict=True))
+        digest.update(f"{columns[0][i]}\t{columns[1][i]}\t{columns[2][i]}\t{stats}\n".encode())
+    return digest.hexdigest()
+
+
+def default_cache_root(first_root: Path) -> Path:
+    """`<first root>/.geoguess-cache` when writable, else `~/.cache/geoguess` (XDG respected)."""
+    beside = Path(first_root) / CACHE_FOLDER
+    if _writable(beside):
+        return beside
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "geoguess"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        # A dataset folder without write bits is meant to stay untouched, even by root (whom
+        # os.access lets write anywhere).
+        if not folder.exists() and not folder.parent.stat().st_mode & 0o222:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def key_dir(cache_root: Path, key: str) -> Path:
+    return Path(cache_root) / key[:24]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+
+
+def load_verdicts(cache_root: Path, key: str) -> dict[str, str] | None:
+    """{view_key: reason} of the failed views of the dataset `key`; None when not yet decoded."""
+    path = key_dir(cache_root, key) / "verdicts.json"
+    data = _read_json(path)
+    if data is None or data.get("key") != key:
+        return None
+    return dict(data["failed"])
+
+
+def save_verdicts(cache_root: Path, key: str, failed: dict[str, str]) -> None:
+    path = key_dir(cache_root, key) / "verdicts.json"
+    write_json_atomic(path, {"key": key, "failed": failed}, overwrite=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def verify_all(frame: pd.DataFrame, workers: int, progress: bool = True) -> dict[str, str]:
+    """Decode every view without storing pixels; {view_key: reason} of those that fail."""
+    paths = _all_paths(frame)
+    failed: dict[str, str] = {}
+    results = decode_all(paths, None, workers)
+    for _, failures in _progress(results, len(paths), "verifying images", progress):
+        failed.update({view_key(p): reason for p, reason in failures.items()})
+    return failed
+
+
+def _all_paths(frame: pd.DataFrame) -> list[list[str]]:
+    return [
+        [str(p) for p in image_paths(root, uuid)]
+        for root, uuid in zip(frame["root"], frame["uuid"], strict=True)
+    ]
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="loc", disable=not enabled, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The image cache
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """A built cache: `uint8 [N, 4, 3, S, S]` in `data_path`, row i holding `uuids[i]`."""
+
+    data_path: Path
+    uuids: tuple[str, ...]
+    image_size: int
+    key: str
+    failed: dict[str, str]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        s = self.image_size
+        return (len(self.uuids), len(HEADINGS), 3, s, s)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.uuids)}
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=self.shape)
+
+    @classmethod
+    def load(cls, cache_root: Path, key: str, image_size: int) -> ImageCache | None:
+        """The cache of dataset `key` at `image_size`, or None when absent or incomplete."""
+        data_path, manifest_path = _cache_paths(cache_root, key, image_size)
+        manifest = _read_json(manifest_path)
+        if manifest is None or manifest.get("key") != key:
+            return None
+        if manifest.get("version") != CACHE_VERSION or manifest.get("image_size") != image_size:
+            return None
+        cache = cls(data_path, tuple(manifest["uuids"]), image_size, key, manifest["failed"])
+        expected = int(np.prod(cache.shape))
+        if not data_path.is_file() or data_path.stat().st_size != expected:
+            return None
+        return cache
+
+
+def _cache_paths(cache_root: Path, key: str, image_size: int) -> tuple[Path, Path]:
+    folder = key_dir(cache_root, key)
+    return folder / f"{image_size}px.u8", folder / f"{image_size}px.json"
+
+
+def build_cache(
+    cache_root: Path,
+    key: str,
+    frame: pd.DataFrame,
+    image_size: int,
+    workers: int,
+    progress: bool = True,
+) -> ImageCache:
+    """Decode every location of `frame` into the cache (sorted by uuid); also saves verdicts.
+
+    Written to a temporary file and renamed, so an interrupted build leaves no half cache;
+    locations with a failed view are stored as zeros and listed in the manifest.
+    """
+    frame = frame.sort_values("uuid", kind="stable")
+    data_path, manifest_path = _cache_paths(cache_root, key, image_size)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    blank = np.zeros((len(HEADINGS), 3, image_size, image_size), dtype=np.uint8)
+    failed: dict[str, str] = {}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{data_path.name}.", dir=data_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            results = decode_all(_all_paths(frame), image_size, workers)
+            desc = f"caching images at {image_size}px"
+            for array, failures in _progress(results, len(frame), desc, progress):
+                # Sequential writes of one location at a time: memory stays flat for any N.
+                out.write((blank if array is None else array).tobytes())
+                failed.update({view_key(p): reason for p, reason in failures.items()})
+        os.replace(tmp_name, data_path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    manifest = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "image_size": image_size,
+        "layout": "uint8 [N, 4 headings (0, 90, 180, 270), 3 RGB, S, S]",
+        "uuids": frame["uuid"].tolist(),
+        "failed": failed,
+    }
+    write_json_atomic(manifest_path, manifest, overwrite=True)
+    save_verdicts(cache_root, key, failed)
+    return ImageCache(data_path, tuple(manifest["uuids"]), image_size, key, failed)
+
+
+def stats_path(cache_root: Path, key: str, image_size: int, train_uuids: Sequence[str]) -> Path:
+    """Where the statistics of one training split live: keyed by the dataset and the split."""
+    digest = hashlib.sha256("\n".join(sorted(train_uuids)).encode()).hexdigest()[:16]
+    return key_dir(cache_root, key) / f"stats-{image_size}px-{digest}.json"

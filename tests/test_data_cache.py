@@ -1,0 +1,197 @@
+"""The image cache: equal to direct decoding, parallel = serial, streamed, keyed by the data."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from geoguess.data import cache as cache_mod
+from geoguess.data.io import image_paths
+from geoguess.data.validate import validate_dataset
+from tests.data_helpers import croatia, touch_newer, view_path, write_dataset
+
+
+def full_decode(path, size: int) -> np.ndarray:
+    """The original's way: decode at full resolution, then resize (no DCT scaling)."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
+def build(root, tmp_path, size, workers=0):
+    report = validate_dataset(
+        [root],
+        croatia(),
+        image_size=size,
+        cache_root=tmp_path / "cache",
+        workers=workers,
+        progress=False,
+    )
+    assert not report.problems, report.summary()
+    return report
+
+
+def test_cache_equals_direct_decoding_on_real_images(real_sample, tmp_path):
+    report = build(real_sample, tmp_path, 224, workers=2)
+    cache = report.cache
+    assert cache.shape == (100, 4, 3, 224, 224)
+    array = cache.open()
+    for uuid in report.valid["uuid"][:5]:
+        for j, path in enumerate(image_paths(real_sample, uuid)):
+            cached = array[cache.index[uuid], j].astype(np.int16)
+            direct = full_decode(path, 224).astype(np.int16)
+            diff = np.abs(cached - direct)
+            # Draft decoding at 1/2 scale differs from a full decode only by resampling noise.
+            assert diff.mean() < 3.0 and np.percentile(diff, 99) < 25, (uuid, j, diff.mean())
+
+
+def test_cache_rows_follow_uuids_and_match_each_file(tmp_path):
+    root = tmp_path / "data"
+    frame = write_dataset(root, 10, size=64, seed=1)
+    cache = build(root, tmp_path, 32).cache
+    assert list(cache.uuids) == sorted(frame["uuid"])
+    array = cache.open()
+    for uuid in frame["uuid"]:
+        for j, path in enumerate(image_paths(root, uuid)):
+            diff = np.abs(array[cache.index[uuid], j].astype(int) - full_decode(path, 32))
+            assert diff.mean() < 4.0
+    # Views are distinct images: the heading order is not scrambled into copies.
+    first = array[0].astype(int)
+    assert all(np.abs(first[0] - first[k]).mean() > 5 for k in (1, 2, 3))
+
+
+def test_parallel_build_equals_serial_build(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root, 24, size=40, seed=2)
+    serial = build(root, tmp_path / "serial", 32, workers=0).cache
+    parallel = build(root, tmp_path / "parallel", 32, workers=2).cache
+    assert serial.uuids == parallel.uuids
+    assert np.array_equal(np.asarray(serial.open()), np.asarray(parallel.open()))
+
+
+def test_build_streams_with_flat_memory(tmp_path):
+    root = tmp_path / "data"
+    frame = write_dataset(root, 40, size=16, seed=3)
+    rows = frame.assign(root=str(root), latitude_raw="0", longitude_raw="0")
+    size = 96
+    total = len(frame) * 4 * 3 * size * size  # 4.4 MB of cache
+    tracemalloc.start()
+    try:
+        cache_mod.build_cache(tmp_path / "cache", "k" * 64, rows, size, workers=0, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Holding the whole array would need `total`; streaming holds about one location (110 kB).
+    assert peak < total / 8, (peak, total)
+
+
+def test_any_pil_readable_mode_and_size(tmp_path):
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "views"
+    folder.mkdir()
+    pixels = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert("L").save(folder / "gray.jpg")
+    Image.fromarray(pixels).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(pixels).convert("RGBA").save(folder / "rgba.jpg", format="PNG")
+    Image.fromarray(pixels).convert("P").save(folder / "palette.jpg", format="PNG")
+    Image.fromarray(pixels).save(folder / "large.jpg")
+    for path in sorted(folder.iterdir()):
+        view = cache_mod.decode_image(path, 24)
+        assert view.shape == (3, 24, 24) and view.dtype == np.uint8, path.name
+    gray = cache_mod.decode_image(folder / "gray.jpg", 24)
+    assert np.array_equal(gray[0], gray[1]) and np.array_equal(gray[1], gray[2])
+
+
+def test_truncated_image_is_caught_even_if_pil_was_told_to_accept_them(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    root = tmp_path / "data"
+    frame = write_dataset(root, 4, size=64, seed=5)
+    data = view_path(root, frame["uuid"][0], 0).read_bytes()
+    view_path(root, frame["uuid"][0], 0).write_bytes(data[:-2])  # only the end marker is lost
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    report = validate_dataset(
+        [root], croatia(), image_size=32, cache_root=tmp_path / "cache", workers=0, progress=False
+    )
+    assert [p.file for p in report.problems] == [str(view_path(root, frame["uuid"][0], 0))]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it
+
+
+def test_changed_file_gives_a_new_cache_with_its_pixels(tmp_path):
+    root = tmp_path / "data"
+    frame = write_dataset(root, 6, size=32, seed=6)
+    first = build(root, tmp_path, 32).cache
+    path = view_path(root, frame["uuid"][2], 90)
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(path)
+    touch_newer(path)
+    second = build(root, tmp_path, 32).cache
+    assert second.key != first.key and second.data_path != first.data_path
+    view = second.open()[second.index[frame["uuid"][2]], 1]
+    assert np.abs(view.astype(int) - 250).max() <= 3
+    # The old cache is untouched (another run may still be reading it).
+    assert first.data_path.exists()
+    # Another size of the same data is a separate file under the same key.
+    assert build(root, tmp_path, 16).cache.data_path.parent == second.data_path.parent
+
+
+def test_incomplete_cache_is_rebuilt(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root, 5, size=32, seed=7)
+    cache = build(root, tmp_path, 16).cache
+    with open(cache.data_path, "r+b") as f:
+        f.truncate(100)
+    assert cache_mod.ImageCache.load(tmp_path / "cache", cache.key, 16) is None
+    rebuilt = build(root, tmp_path, 16).cache
+    assert rebuilt.data_path.stat().st_size == int(np.prod(rebuilt.shape))
+
+
+def test_default_cache_location(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    root.mkdir()
+    assert cache_mod.default_cache_root(root) == root / ".geoguess-cache"
+    # Where the data folder cannot hold the cache (here a file blocks it), the user cache is used.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / ".geoguess-cache").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_mod.default_cache_root(blocked) == tmp_path / "xdg" / "geoguess"
+    # A read-only dataset folder is left untouched (also when running as root).
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        assert cache_mod.default_cache_root(read_only) == tmp_path / "xdg" / "geoguess"
+        assert not (read_only / ".geoguess-cache").exists()
+    finally:
+        read_only.chmod(0o755)
+
+
+def test_verify_pass_matches_cache_verdicts(tmp_path):
+    root = tmp_path / "data"
+    frame = write_dataset(root, 6, size=48, seed=8)
+    path = view_path(root, frame["uuid"][1], 180)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with_cache = validate_dataset(
+        [root], croatia(), image_size=56, cache_root=tmp_path / "a", workers=0, progress=False
+    )
+    without = validate_dataset(
+        [root], croatia(), cache_root=tmp_path / "b", workers=0, progress=False
+    )
+    assert (
+        [p.file for p in with_cache.problems] == [p.file for p in without.problems] == [str(path)]
+    )
+
+
+def test_unwritable_cache_folder_is_a_clear_error(tmp_path):
+    from geoguess.data.io import DataError
+
+    root = tmp_path / "data"
+    write_dataset(root, 3, size=16, seed=9)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match="cannot write the image cache .* data.cache_dir"):
+        validate_dataset(
+            [root], croatia(), image_size=16, cache_root=tmp_path / "a-file" / "cache", workers=0
+        )
