@@ -1,0 +1,107 @@
+"""When the backbone trains: `never` frozen, frozen until an epoch, or unfrozen stage by stage.
+
+The backbone's parameters are all in the optimizer from the start (in their own group, at
+`optimizer.lr_finetune`); freezing only switches `requires_grad` off, so unfreezing needs no new
+param group, schedulers see the same groups throughout and resuming from a checkpoint restores
+the same optimizer state. A frozen stage also keeps its BatchNorm layers in eval mode, so that
+their running statistics (ImageNet's, for a pretrained backbone) stay as they are.
+
+The schedule is a function of the epoch only and is applied again at every epoch start, so a
+run resumed from `last` freezes exactly what the interrupted run had frozen.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from geoguess.errors import GeoguessError
+from geoguess.models.backbones import stage_parameters
+
+
+class BackboneUnfreeze(BaseFinetuning):
+    """Base of the schedules: `trainable_stages(epoch, n)` says how many of the last stages train."""
+
+    #: whether the backbone starts frozen (its parameter group then uses `lr_finetune`).
+    starts_frozen = True
+
+    def trainable_stages(self, epoch: int, num_stages: int) -> int:
+        raise NotImplementedError
+
+    # BaseFinetuning freezes in `setup`, before DDP wraps the model; DDP would then never
+    # synchronise the gradients of parameters unfrozen later. Freezing is done at every epoch
+    # start instead (`finetune_function`), on the wrapped model.
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        pass
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
+        apply_schedule(pl_module.backbone, self.trainable_stages(epoch, num_stages(pl_module)))
+
+
+class Never(BackboneUnfreeze):
+    """Everything trains from the first step (for backbones trained from scratch)."""
+
+    starts_frozen = False
+
+    def trainable_stages(self, epoch: int, num_stages: int) -> int:
+        return num_stages
+
+
+class AtEpoch(BackboneUnfreeze):
+    """The backbone is frozen (eval mode) until `epoch`, then trains entirely."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        super().__init__()
+        if int(epoch) != epoch or epoch < 0:
+            raise GeoguessError(f"unfreeze.epoch={epoch!r} must be a non-negative integer")
+        self.epoch = int(epoch)
+
+    def trainable_stages(self, epoch: int, num_stages: int) -> int:
+        return num_stages if epoch >= self.epoch else 0
+
+
+class Gradual(BackboneUnfreeze):
+    """One more stage, from the last backwards, every `every` epochs (the first after `every`)."""
+
+    def __init__(self, every: int = 1) -> None:
+        super().__init__()
+        if int(every) != every or every < 1:
+            raise GeoguessError(f"unfreeze.every={every!r} must be a positive integer")
+        self.every = int(every)
+
+    def trainable_stages(self, epoch: int, num_stages: int) -> int:
+        return min(num_stages, epoch // self.every)
+
+
+def num_stages(pl_module: L.LightningModule) -> int:
+    return len(_stages(pl_module.backbone))
+
+
+def _stages(backbone: nn.Module) -> list[list[str]]:
+    stages = getattr(backbone, "_geoguess_stages", None)
+    if stages is None:
+        stages = stage_parameters(backbone)
+        backbone._geoguess_stages = stages  # plain attribute: not a parameter, not saved
+    return stages
+
+
+def apply_schedule(backbone: nn.Module, trainable: int) -> None:
+    """Let the last `trainable` stages train; freeze the others and put their BatchNorms in eval."""
+    stages = _stages(backbone)
+    first_trainable = len(stages) - trainable
+    params = dict(backbone.named_parameters())
+    stage_of = {}
+    for index, names in enumerate(stages):
+        for name in names:
+            params[name].requires_grad_(index >= first_trainable)
+            stage_of[name] = index
+    for name, module in backbone.named_modules():
+        if isinstance(module, _BatchNorm):
+            prefix = f"{name}." if name else ""
+            index = stage_of.get(f"{prefix}weight", 0)
+            module.train(index >= first_trainable and backbone.training)
+
+
+__all__ = ["AtEpoch", "BackboneUnfreeze", "Gradual", "Never", "apply_schedule"]

@@ -1,0 +1,492 @@
+"""Unit tests of the model parts, the config groups and the metrics (no Trainer)."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from geoguess import metrics
+from geoguess.errors import GeoguessError
+from geoguess.geo import Country, build_grid, haversine_km
+from geoguess.models import backbones, fusion, heads, unfreeze
+from geoguess.models.module import GeoguessModule, NonFiniteLossError, build_module
+from tests.train_helpers import CONF, composed
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def country() -> Country:
+    return Country()
+
+
+@pytest.fixture(scope="module")
+def fitted(country):
+    """What the data module fits on train, made from 300 random locations in Croatia."""
+    from geoguess.data import FittedData
+    from geoguess.data.targets import TargetSpace
+    from tests.data_helpers import croatia_points
+
+    lat, lon = croatia_points(300, seed=1)
+    grid = build_grid(country, 0.8, train_lat=lat, train_lon=lon)
+    targets = TargetSpace.fit(lat, lon)
+    return FittedData(targets, grid, (0.4, 0.5, 0.45), (0.2, 0.25, 0.22), 32)
+
+
+def batch_of(fitted, n: int = 6, size: int = 32, seed: int = 0) -> dict:
+    """A hand-made batch following docs/CONTRACT-data.md."""
+    from tests.data_helpers import croatia_points
+
+    lat, lon = croatia_points(n, seed=seed + 10)
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "images": torch.randint(
+            0, 256, (n, 4, 3, size, size), dtype=torch.uint8, generator=generator
+        ),
+        "latlon": torch.tensor(np.column_stack([lat, lon]), dtype=torch.float64),
+        "target": torch.tensor(fitted.targets.normalize(lat, lon), dtype=torch.float32),
+        "class_id": torch.tensor(fitted.grid.assign(lat, lon), dtype=torch.int64),
+        "uuid": [f"loc{i}" for i in range(n)],
+    }
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+# -- config groups ----------------------------------------------------------------------------
+
+
+def test_every_group_option_of_the_issue_exists():
+    assert options("backbone") == [
+        "efficientnet_b0",
+        "efficientnet_b3",
+        "resnext101",
+        "resnext50",
+        "tiny",
+    ]
+    assert options("head") == ["classification", "regression"]
+    assert options("optimizer") == ["adam", "adamw"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "plateau"]
+    assert options("unfreeze") == ["at_epoch", "gradual", "never"]
+    assert options("trainer") == ["cpu", "ddp", "gpu"]
+    assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
+    assert options("experiment") == ["original", "quickstart", "smoke"]
+
+
+@pytest.mark.parametrize("name", options("backbone"))
+def test_backbone_options_instantiate(name, tmp_path):
+    from hydra.utils import instantiate
+
+    with composed([f"backbone={name}"], tmp_path) as cfg:
+        # No download here: the architecture is what the option chooses.
+        model = instantiate(cfg.backbone, pretrained=False)
+    expected = {
+        "resnext50": "resnext50_32x4d",
+        "resnext101": "resnext101_32x8d",
+        "efficientnet_b0": "efficientnet_b0",
+        "efficientnet_b3": "efficientnet_b3",
+        "tiny": "test_efficientnet",
+    }[name]
+    assert model.default_cfg["architecture"] == expected
+    assert cfg.backbone.pretrained is (name != "tiny")
+    features = model.eval()(torch.zeros(1, 3, 32, 32))
+    assert features.shape == (1, model.num_features)
+
+
+@pytest.mark.parametrize("head", options("head"))
+@pytest.mark.parametrize("fusion_name", ["concat", "mean", "attention"])
+def test_head_and_model_options_build_a_module(head, fusion_name, fitted, tmp_path):
+    overrides = ["backbone=tiny", f"head={head}", f"model.fusion={fusion_name}"]
+    with composed(overrides, tmp_path) as cfg:
+        module = build_module(cfg, fitted)
+    output = module(batch_of(fitted, 3)["images"])
+    width = fitted.grid.num_classes if head == "classification" else 2
+    assert output.shape == (3, width)
+    assert module.head.num_classes == (
+        fitted.grid.num_classes if head == "classification" else None
+    )
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_options_instantiate(optimizer, scheduler, fitted, tmp_path):
+    overrides = ["backbone=tiny", f"optimizer={optimizer}", f"scheduler={scheduler}"]
+    with composed(overrides, tmp_path) as cfg:
+        module = build_module(cfg, fitted)
+    module.trainer = _FakeTrainer()  # what the schedulers read from the trainer
+    configured = module.configure_optimizers()
+    opt = configured["optimizer"] if isinstance(configured, dict) else configured
+    assert type(opt).__name__ == {"adam": "Adam", "adamw": "AdamW"}[optimizer]
+    names = [g["name"] for g in opt.param_groups]
+    assert names == ["head", "backbone"]
+    # unfreeze=at_epoch (default): the backbone group trains at lr_finetune
+    assert opt.param_groups[1]["lr"] == pytest.approx(
+        cfg.optimizer.lr_finetune * (1 / 25 if scheduler == "onecycle" else 1)
+    )
+    if scheduler == "none":
+        assert not isinstance(configured, dict)
+    else:
+        kind = {
+            "plateau": "ReduceLROnPlateau",
+            "onecycle": "OneCycleLR",
+            "cosine": "CosineAnnealingLR",
+        }
+        assert type(configured["lr_scheduler"]["scheduler"]).__name__ == kind[scheduler]
+
+
+class _FakeTrainer:
+    max_epochs = 3
+    estimated_stepping_batches = 30
+
+
+@pytest.mark.parametrize("name", options("unfreeze"))
+def test_unfreeze_options_instantiate(name, tmp_path):
+    from hydra.utils import instantiate
+
+    with composed([f"unfreeze={name}"], tmp_path) as cfg:
+        callback = instantiate(cfg.unfreeze)
+    assert isinstance(callback, unfreeze.BackboneUnfreeze)
+    assert callback.starts_frozen is (name != "never")
+
+
+def test_trainer_options_instantiate_or_say_why(tmp_path):
+    from hydra.utils import instantiate
+
+    from geoguess.train import _guard
+
+    with composed(["trainer=cpu"], tmp_path) as cfg:
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    for name in ("gpu", "ddp"):
+        with composed([f"trainer={name}"], tmp_path) as cfg:
+            assert cfg.trainer.precision == "bf16-mixed"
+            if torch.cuda.is_available():
+                instantiate(cfg.trainer, logger=False)
+            else:
+                with pytest.raises(GeoguessError, match="(?i)gpu|cuda"):
+                    _guard(instantiate, cfg.trainer, logger=False)
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_logger_options_instantiate(name, tmp_path, monkeypatch):
+    from hydra.utils import instantiate
+
+    from geoguess.models.loggers import finish
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with composed([f"logger={name}"], tmp_path) as cfg:
+        if name == "none":
+            assert not cfg.logger.get("_target_")
+            return
+        if name == "tensorboard" and not _importable("tensorboard", "tensorboardX"):
+            with pytest.raises(Exception, match="pip install tensorboard"):
+                instantiate(cfg.logger, save_dir=str(tmp_path))
+            return
+        logger = instantiate(cfg.logger, save_dir=str(tmp_path))
+        logger.log_metrics({"val/haversine_km": 1.0}, step=0)
+        finish([logger])
+    assert logger.save_dir and Path(logger.save_dir) == tmp_path
+
+
+def test_wandb_group_is_the_sweep_name(tmp_path):
+    from geoguess.models.loggers import job_name, sweep_name
+
+    with composed([], tmp_path):
+        assert sweep_name() is None
+        assert job_name() == tmp_path.name
+    overrides = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}/sweep-7"]
+    with composed(overrides, tmp_path):
+        assert sweep_name() == "train-sweep-7"
+
+
+def _importable(*modules: str) -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in modules)
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiments_compose(name, tmp_path):
+    with composed([f"experiment={name}"], tmp_path) as cfg:
+        pass
+    if name == "original":
+        assert cfg.backbone.name == "resnext101"
+        assert cfg.grid.spacing == 0.21
+        assert cfg.image.size == 224
+        assert cfg.data.batch_size == 8
+        assert cfg.optimizer.lr == 2e-5
+        assert cfg.optimizer._target_ == "torch.optim.Adam"
+        assert cfg.scheduler._target_.endswith("plateau")
+        assert cfg.unfreeze.epoch == 1
+        assert cfg.trainer.max_epochs == 22
+        assert cfg.trainer.precision == "bf16-mixed"
+    else:
+        assert cfg.backbone.pretrained is False
+        assert cfg.image.size == 64
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("model.fusion=sum", "expected one of"),
+        ("head.points=middle", "expected one of"),
+        ("optimizer.lr=fast", "could not be converted"),
+        ("unfreeze=at_epoch unfreeze.epoch=soon", "could not be converted"),
+        ("head=nonsense", "Could not find 'head/nonsense'"),
+        ("backbone.pretrained=maybe", "is not a valid bool"),
+    ],
+)
+def test_bad_values_fail_at_composition(override, error, tmp_path):
+    errors = (ConfigCompositionException, ValidationError, ConfigKeyError)
+    with pytest.raises(errors) as info, composed(override.split(), tmp_path):
+        pass
+    text = f"{info.value} {info.value.__cause__}"
+    assert error.lower() in text.lower()
+
+
+def test_numeric_image_options_are_quoted_for_hydra():
+    from geoguess.train import quote_numeric_options
+
+    assert quote_numeric_options(["x", "image=56", "image=56,112", "grid.spacing=0.5"]) == [
+        "x",
+        "image='56'",
+        "image='56','112'",
+        "grid.spacing=0.5",
+    ]
+
+
+# -- backbones ----------------------------------------------------------------------------------
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(GeoguessError, match="neither one of"):
+        backbones.create_backbone("resnet_from_mars")
+
+
+def test_pretrained_file_loads_local_weights(tmp_path):
+    reference = backbones.create_backbone("tiny")
+    path = tmp_path / "weights.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = backbones.create_backbone("tiny", pretrained=False, pretrained_file=str(path))
+    other = backbones.create_backbone("tiny")
+    key = next(iter(reference.state_dict()))
+    assert torch.equal(loaded.state_dict()[key], reference.state_dict()[key])
+    assert not torch.equal(other.state_dict()[key], reference.state_dict()[key])
+
+
+def test_missing_weights_say_how_to_pass_them(tmp_path):
+    with pytest.raises(GeoguessError, match="pretrained_file=.*does not exist"):
+        backbones.create_backbone("tiny", pretrained_file=str(tmp_path / "nope.pth"))
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not weights")
+    with pytest.raises(GeoguessError) as info:
+        backbones.create_backbone("tiny", pretrained_file=str(broken))
+    assert "backbone.pretrained_file" in str(info.value)
+    assert "backbone.pretrained=false" in str(info.value)
+
+
+# -- fusion -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["concat", "mean", "attention"])
+def test_fusion_shapes_and_heading_order(name):
+    module = fusion.create_fusion(name, 8)
+    x = torch.randn(5, 4, 8)
+    out = module(x)
+    assert out.shape == (5, module.out_features)
+    if name == "concat":
+        assert torch.equal(out[:, 8:16], x[:, 1])  # heading 90 keeps its place
+    if name == "mean":
+        assert torch.allclose(out, x.mean(1))
+    if name == "attention":
+        # A convex combination of the (heading-embedded) views: zero views give zero.
+        assert torch.allclose(module(torch.zeros(2, 4, 8)), torch.zeros(2, 8), atol=1e-6)
+        assert sum(p.numel() for p in module.parameters()) > 0
+
+
+# -- heads --------------------------------------------------------------------------------------
+
+
+def test_classification_decodes_to_the_weighted_mean_of_class_points(fitted):
+    head = heads.ClassificationHead(16, fitted.grid, fitted.targets)
+    lat, lon = fitted.grid.points("clipped")
+    logits = torch.full((1, head.num_classes), -1e4)
+    logits[0, 3] = 0.0
+    plat, plon = head.to_latlon(logits)
+    assert haversine_km(plat, plon, lat[3], lon[3])[0] < 1e-3  # a sure class is its point
+    logits[0, 5] = 0.0  # two equally likely classes: halfway between them, in metres
+    xy = head.to_projected(logits).numpy()[0]
+    expected = fitted.targets.project(lat[[3, 5]], lon[[3, 5]]).mean(axis=0)
+    assert np.allclose(xy, expected, atol=1e-3)
+
+
+def test_class_point_kinds(fitted):
+    for kind in ("clipped", "centroid", "train_mean"):
+        head = heads.ClassificationHead(4, fitted.grid, fitted.targets, points=kind)
+        lat, lon = fitted.grid.points(kind)
+        assert np.allclose(head.class_latlon.numpy(), np.column_stack([lat, lon]))
+
+
+def test_label_smoothing_prefers_near_classes(fitted):
+    head = heads.ClassificationHead(4, fitted.grid, fitted.targets, smoothing_km=20)
+    lat, lon = fitted.grid.points("clipped")
+    latlon = torch.tensor([[lat[7], lon[7]]], dtype=torch.float64)
+    soft = head.soft_targets(latlon)[0].numpy()
+    assert soft.sum() == pytest.approx(1.0, abs=1e-5)
+    assert soft.argmax() == 7
+    d = haversine_km(lat, lon, lat[7], lon[7])
+    # exp(-(d_i - d_min) / tau), normalised
+    expected = np.exp(-(d - d.min()) / 20)
+    assert np.allclose(soft, expected / expected.sum(), atol=1e-6)
+    batch = {"latlon": latlon, "class_id": torch.tensor([7])}
+    near, far = torch.full((1, head.num_classes), -5.0), torch.full((1, head.num_classes), -5.0)
+    near[0, 7] = 5.0
+    far[0, int(d.argmax())] = 5.0
+    assert head.loss(near, batch) < head.loss(far, batch)
+    with pytest.raises(GeoguessError):
+        heads.ClassificationHead(4, fitted.grid, fitted.targets, smoothing_km=0)
+
+
+def test_regression_clamps_predictions_but_not_the_loss(fitted):
+    head = heads.RegressionHead(4, fitted.targets)
+    output = torch.tensor([[1.7, -0.4]])
+    xy = head.to_projected(output).numpy()[0]
+    t = fitted.targets
+    assert xy == pytest.approx([t.x_max, t.y_min])
+    loss = head.loss(output, {"target": torch.tensor([[0.5, 0.5]])})
+    assert loss.item() == pytest.approx(((1.2**2) + (0.9**2)) / 2, rel=1e-5)
+
+
+def test_decoding_is_exact_under_bf16_autocast(fitted):
+    head = heads.ClassificationHead(8, fitted.grid, fitted.targets)
+    logits = torch.randn(4, head.num_classes)
+    reference = head.to_projected(logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head.to_projected(logits.bfloat16())
+    # bf16 logits round, but the mean over class points is computed in float64: metres apart.
+    assert mixed.dtype == torch.float64
+    assert (mixed - reference).abs().max() < 2_000
+
+
+# -- module -------------------------------------------------------------------------------------
+
+
+def _module(fitted, **kwargs) -> GeoguessModule:
+    return GeoguessModule(
+        backbone=backbones.create_backbone("tiny"),
+        head=partial(heads.ClassificationHead),
+        fitted=fitted,
+        **kwargs,
+    )
+
+
+def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
+    module = _module(fitted).eval()
+    seen = {}
+    module.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    images = torch.full((2, 4, 3, 8, 8), 255, dtype=torch.uint8)
+    module(images)
+    x = seen["x"]
+    assert x.shape == (8, 3, 8, 8)  # the four views of each location through one backbone
+    expected = (1.0 - torch.tensor(fitted.image_mean)) / torch.tensor(fitted.image_std)
+    assert torch.allclose(x[0, :, 0, 0], expected)
+
+
+def test_training_step_and_nan_loss(fitted):
+    module = _module(fitted)
+    batch = batch_of(fitted)
+    module.log = lambda *a, **k: None  # no Trainer attached
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    with torch.no_grad():
+        module.head.linear.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="loss became nan"):
+        module.training_step(batch, 1)
+
+
+def test_checkpoint_extras_are_plain_data(fitted):
+    module = _module(fitted, config={"backbone": {"name": "tiny"}})
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    extra = checkpoint["geoguess"]
+    assert extra["num_classes"] == fitted.grid.num_classes
+    import json
+
+    assert json.loads(json.dumps(extra)) == extra
+
+
+# -- unfreezing ---------------------------------------------------------------------------------
+
+
+def test_schedules():
+    assert [unfreeze.AtEpoch(2).trainable_stages(e, 5) for e in range(4)] == [0, 0, 5, 5]
+    assert [unfreeze.Gradual(2).trainable_stages(e, 3) for e in range(9)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]
+    assert unfreeze.Never().trainable_stages(0, 4) == 4
+    with pytest.raises(GeoguessError):
+        unfreeze.Gradual(0)
+
+
+def test_apply_schedule_freezes_stages_and_their_batchnorm():
+    backbone = backbones.create_backbone("tiny").train()
+    stages = backbones.stage_parameters(backbone)
+    assert len(stages) > 2
+    unfreeze.apply_schedule(backbone, 1)
+    params = dict(backbone.named_parameters())
+    assert all(params[n].requires_grad for n in stages[-1])
+    assert not any(params[n].requires_grad for s in stages[:-1] for n in s)
+    bns = {
+        n: m
+        for n, m in backbone.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    }
+    last = {n.rsplit(".", 1)[0] for n in stages[-1]}
+    assert any(bn.training for n, bn in bns.items() if n in last)
+    assert not any(bn.training for n, bn in bns.items() if n not in last)
+    unfreeze.apply_schedule(backbone, len(stages))
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert all(bn.training for bn in bns.values())
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_error_stats_and_geoguessr_score(country):
+    stats = metrics.error_stats(np.array([0.5, 10.0, 50.0, 200.0]))
+    assert stats == {
+        "haversine_km": pytest.approx(65.125),
+        "median_km": pytest.approx(30.0),
+        "acc_1km": 0.25,
+        "acc_25km": 0.5,
+        "acc_100km": 0.75,
+    }
+    d = country.diagonal_km
+    assert metrics.geoguessr_score(np.array([0.0]), d) == pytest.approx(5000)
+    assert metrics.geoguessr_score(np.array([d]), d) == pytest.approx(5000 * np.exp(-10))
+
+
+def test_baseline_is_the_error_of_the_training_mean():
+    lat, lon = np.array([45.0, 45.0]), np.array([15.0, 16.0])
+    mlat, mlon = metrics.mean_location(lat, lon)
+    assert mlat == pytest.approx(45.0, abs=0.01) and mlon == pytest.approx(15.5, abs=1e-3)
+    errors = metrics.baseline_errors(lat, lon, np.array([45.0]), np.array([15.5]))
+    assert errors[0] < 2.0  # the mean of two points on a parallel bulges north a little
