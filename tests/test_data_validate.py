@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from geoguess.data import cache as cache_mod
 from geoguess.data.io import DataError
 from geoguess.data.validate import MAX_LISTED, SKIP_HINT, validate_dataset
-from tests.conftest import REPO_ROOT
+from tests.cli import run_module
 from tests.data_helpers import (
     croatia,
     read_rows,
@@ -155,21 +153,14 @@ def test_cli_summary_and_exit_codes(dataset, tmp_path):
 
 
 def _run_cli(root, tmp_path, name):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoguess.data.validate",
-            "data=folder",
-            f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.num_workers=0",
-            "image.size=56",
-            f"hydra.run.dir={tmp_path / name}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    return run_module(
+        "geoguess.data.validate",
+        "data=folder",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0",
+        "image.size=56",
+        f"hydra.run.dir={tmp_path / name}",
         timeout=120,
     )
 

@@ -1,20 +1,13 @@
 import subprocess
-import sys
 
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from tests.cli import run_module
 
 
 def run_grid(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "geoguess.grid", *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("geoguess.grid", *overrides, timeout=120)
 
 
 def test_grid_cli_writes_classes_and_map(tmp_path):

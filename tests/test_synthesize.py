@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from geoguess.data.synthetic_render import render_views
 from geoguess.data.synthetic_world import RAY_HEADINGS_DEG, build_world, scene_parameters
 from geoguess.errors import GeoguessError
 from geoguess.geo import Country, haversine_km
-from tests.conftest import REPO_ROOT
+from tests.cli import run_module
 
 HEADINGS = (0, 90, 180, 270)
 SMALL = {"num_locations": 30, "image_size": 32, "progress": False}
@@ -172,13 +171,7 @@ def _mean_error_km(croatia, projected, frame) -> float:
 
 
 def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "geoguess.data.synthesize", *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("geoguess.data.synthesize", *overrides, timeout=120)
 
 
 def test_cli_generates_then_refuses_to_overwrite(tmp_path):

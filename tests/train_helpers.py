@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.cli import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -115,19 +116,4 @@ def run_cli(
     module: str, args: list[str], cwd: Path, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """`python -m geoguess.<module> ARGS` in a subprocess, one torch thread, W&B offline."""
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
-        "HYDRA_FULL_ERROR": "0",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", f"geoguess.{module}", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module(f"geoguess.{module}", *args, cwd=cwd, timeout=timeout)

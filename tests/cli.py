@@ -1,0 +1,32 @@
+"""Running the project's commands in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+
+def run_module(
+    module: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS`: one torch thread, W&B offline, the checkout importable."""
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        "HYDRA_FULL_ERROR": "0",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
