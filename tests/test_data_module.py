@@ -1,4 +1,4 @@
-"""The datamodule against docs/CONTRACT-data.md: batches, train-only fitting, statistics,
+"""The datamodule against docs/data-interface.md: batches, train-only fitting, statistics,
 augmentation, on_invalid, prediction, and the round trip on the real sample."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def fitted(country):
 
 
 def batch_of(fitted, n: int = 6, size: int = 32, seed: int = 0) -> dict:
-    """A hand-made batch following docs/CONTRACT-data.md."""
+    """A hand-made batch following docs/data-interface.md."""
     from tests.data_helpers import croatia_points
 
     lat, lon = croatia_points(n, seed=seed + 10)

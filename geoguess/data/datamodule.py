@@ -1,6 +1,6 @@
 """`GeoguesserDataModule`: validation, splits, train-fitted targets and statistics, loaders.
 
-See docs/CONTRACT-data.md for the interface the training code relies on and docs/data.md for
+See docs/data-interface.md for the interface the training code relies on and docs/data.md for
 the user's side (format, settings, cache).
 """
 
