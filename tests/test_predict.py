@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,10 +13,6 @@ import torch
 from geoguess.errors import GeoguessError
 from geoguess.predict import CheckpointError, predict, run
 from tests.train_helpers import FAST, composed, dataset, folder_data, run_cli, run_training
-
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +20,6 @@ from tests.train_helpers import (
     run_cli,
     run_training,
 )
-
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
