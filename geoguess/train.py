@@ -1,65 +1,111 @@
 """`python -m geoguess.train [overrides]`: fit, test the best checkpoint, write the results.
 
 Writes into the Hydra run directory: `results.json`, `checkpoints/` (best by val/haversine_km,
-and last), `predictions_test.csv`, `test_errors.png`, `fitted.json`. See docs/training.md.
+and last), `predictions_test.csv`, `test_errors.png`, `fitted.json`, `train.log`. See
+docs/training.md.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-import geoguess.models.schema  # noqa: F401 - registers the config schemas before composition
 from geoguess.errors import GeoguessError
-from geoguess.utils.cli import CONFIG_PATH, run_dir, user_errors
+from geoguess.utils.cli import CONFIG_PATH, user_errors
 
-log = logging.getLogger(__name__)
-
-LAST = "last"  # checkpoints/last.ckpt: the end of the latest epoch
-
-RESULT_KEYS = (
-    "val_haversine_km",
-    "test_haversine_km",
-    "test_median_km",
-    "test_acc_1km",
-    "test_acc_25km",
-    "test_acc_100km",
-    "test_geoguessr_score",
-    "baseline_test_haversine_km",
-    "num_classes",
-    "best_checkpoint",
-    "epochs",
-    "train_seconds",
-)
+log = logging.getLogger("geoguess.train")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @user_errors
-def main(cfg: DictConfig) -> float | None:
-    """Returns the best validation error in km, for sweepers (Optuna) to minimise."""
-    return train(cfg)["val_haversine_km"]
+def main(cfg: DictConfig) -> float:
+    """The best validation error in km, for sweepers (Optuna) to minimise; NaN for a sweep job
+    that failed (its folder's results.json says why, and the sweep goes on)."""
+    return objective(run_job(cfg))
 
 
-def train(cfg: DictConfig, out: str | Path | None = None) -> dict:
-    """One run: data, model, fit, test; returns the `results.json` dict."""
+def objective(results: dict) -> float:
+    value = results.get("val_haversine_km")
+    return float(value) if results.get("status") == "ok" and value is not None else math.nan
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Claim the run folder, train, and return the results; a failure is written into the
+    folder as results.json, then raised (a single run) or reported (a sweep job: the sweep
+    goes on)."""
+    from geoguess import results as results_mod
+    from geoguess import runs
+    from geoguess.utils.cli import check_missing
+
+    check_missing(cfg)
+    out = runs.run_dir()
+    try:
+        resume = runs.claim_for_training(cfg, out, cfg.get("ckpt_path"))
+    except GeoguessError as exc:  # the folder is not ours to write into
+        return _failed_job(exc, out, None)
+    try:
+        return train(cfg, out, resume)
+    except Interrupted:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded in the job's folder, then reported
+        return _failed_job(exc, out, results_mod.write_failure(out, exc, cfg.get("seed")))
+
+
+def _failed_job(exc: Exception, out: Path, written: Path | None) -> dict:
+    from geoguess import results as results_mod
+    from geoguess import runs
+
+    if not runs.is_multirun():
+        raise exc
+    where = f" (see {written})" if written else ""
+    log.error("job failed: %s%s", exc, where, exc_info=not isinstance(exc, GeoguessError))
+    print(f"error: job {out.name} failed: {exc}{where}", file=sys.stderr)
+    return results_mod.failed(exc)
+
+
+class Interrupted(GeoguessError):
+    """Training was interrupted (Ctrl+C); the run folder can be resumed."""
+
+    exit_code = 130
+
+
+def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
+    """One run into the folder `out`: data, model, fit, test; returns the `results.json` dict.
+
+    `resume`: a checkpoint (the folder's own last.ckpt, or another run's) to continue from;
+    its fitted data is reused instead of fitting again on today's data.
+    """
     import lightning as L
 
-    from geoguess.models.module import build_module
+    from geoguess import results as results_mod
+    from geoguess.models import checkpoint as ckpt
+    from geoguess.utils.cli import instantiate
 
-    out = Path(out) if out is not None else run_dir()
-    _check_missing(cfg)
-    _check_run_dir(out, cfg.get("ckpt_path"))
-    L.seed_everything(cfg.seed, workers=True)
-    country = _instantiate(cfg.country)
-    datamodule = _instantiate(
-        cfg.data,
+    out = Path(out)
+    checkpoint = ckpt.read_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None:
+        ckpt.check_fit_settings(checkpoint, cfg)
+    _quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    country = instantiate(cfg.country)
+    # Built first: a backbone whose weights cannot be had, or a bad optimizer setting, fails
+    # before any data work.
+    backbone = instantiate(cfg.backbone)
+    optimizer = _checked_optimizer(instantiate(cfg.optimizer))
+    unfreeze = instantiate(cfg.unfreeze)
+    datamodule = instantiate(cfg.data, _partial_=True)(
         country=country,
-        grid=_instantiate(cfg.grid),
+        grid=instantiate(cfg.grid),
         image_size=cfg.image.size,
         run_dir=out,
+        seed=cfg.seed,
+        fitted=ckpt.fitted_of(checkpoint) if checkpoint is not None else None,
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -68,29 +114,42 @@ def train(cfg: DictConfig, out: str | Path | None = None) -> dict:
             "the validation split is empty, and the best checkpoint is chosen on it; give it "
             "a share (data.split=[0.8,0.1,0.1]) or use more locations"
         )
-    model = _guard(build_module, cfg, datamodule.fitted)
-    loggers = _loggers(cfg, out)
+    model = build_model(cfg, datamodule.fitted, backbone, optimizer, unfreeze)
+    if checkpoint is not None:
+        ckpt.check_architecture(checkpoint, model.spec())
+    from geoguess.models.loggers import build_loggers, finish
+
+    loggers = build_loggers(cfg)
     try:
-        callbacks = _callbacks(cfg, out, bool(loggers))
-        trainer = _instantiate(
-            cfg.trainer,
-            callbacks=list(callbacks.values()),
+        callbacks = _callbacks(cfg, loggers, unfreeze)
+        trainer = build_trainer(
+            cfg,
+            callbacks=callbacks,
             logger=loggers or False,
             default_root_dir=str(out),
-            _hint="trainer=gpu and trainer=ddp need CUDA GPUs; trainer=cpu runs without one",
+            enable_progress_bar=_progress_bar(cfg, callbacks),
         )
         for logger in loggers:
-            logger.log_hyperparams(model.config)
-        _define_wandb_summaries(loggers)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(out, cfg.get("ckpt_path")))
-        best = callbacks["checkpoint"].best_model_path or callbacks["last"].best_model_path or None
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        results = _results(model, trainer, datamodule, callbacks, best)
+            logger.log_hyperparams({**model.config, **getattr(logger, "swept", {})})
+        log.info("%s: %s", out, _describe(model, datamodule))
+        trainer.fit(
+            model,
+            datamodule=datamodule,
+            ckpt_path=str(resume) if resume is not None else None,
+            weights_only=True,
+        )
+        best = _best_checkpoint(callbacks)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        results = _results(cfg, model, trainer, datamodule, callbacks, best)
         if trainer.is_global_zero:
-            _write_outputs(out, results, model, country)
+            results_mod.write_outputs(out, results, model.test_predictions, country)
+            print(results_mod.summary(out, results))
+    except SystemExit as exit_:  # Lightning's answer to Ctrl+C: a graceful stop, then exit 1
+        raise Interrupted(
+            f"interrupted; resume with: python -m geoguess.train hydra.run.dir={out} "
+            "ckpt_path=last (and the same overrides)"
+        ) from exit_
     finally:
-        from geoguess.models.loggers import finish
-
         finish(loggers)
     return results
 
@@ -98,128 +157,145 @@ def train(cfg: DictConfig, out: str | Path | None = None) -> dict:
 # -- building -----------------------------------------------------------------------------------
 
 
-def _instantiate(node, _hint: str | None = None, **kwargs):
-    from hydra.utils import instantiate
+def build_model(cfg: DictConfig, fitted, backbone=None, optimizer=None, unfreeze=None):
+    """The LightningModule of a run config around `fitted` (the parts given are reused)."""
+    from geoguess.utils.cli import instantiate
 
-    try:
-        return _guard(instantiate, node, **kwargs)
-    except GeoguessError as exc:
-        if _hint and type(exc) is GeoguessError:
-            raise GeoguessError(f"{exc} ({_hint})") from None
-        raise
+    backbone = backbone if backbone is not None else instantiate(cfg.backbone)
+    optimizer = optimizer or _checked_optimizer(instantiate(cfg.optimizer))
+    unfreeze = unfreeze or instantiate(cfg.unfreeze)
+    return instantiate(cfg.model)(
+        backbone=backbone,
+        head=instantiate(cfg.head),
+        fitted=fitted,
+        optimizer=optimizer,
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        backbone_lr=unfreeze.backbone_lr,
+        pretrained=bool(cfg.backbone.get("pretrained") or cfg.backbone.get("pretrained_file")),
+        config=plain_config(cfg),
+    )
 
 
-def _guard(function, *args, **kwargs):
-    """Call `function`, turning configuration mistakes into one clear `GeoguessError`.
-
-    Hydra wraps what a `_target_` raises in `InstantiationException`; the user's error (a
-    `GeoguessError`, Lightning's `MisconfigurationException`) is unwrapped from it.
-    """
-    from hydra.errors import InstantiationException
+def build_trainer(cfg: DictConfig, **kwargs):
+    """The Lightning Trainer of `cfg.trainer`. DDP without GPUs runs CPU processes over gloo
+    (Lightning's choice), in float32 and without synchronised BatchNorm (GPU-only options)."""
+    import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from geoguess.utils.cli import instantiate
+
+    settings = {}
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp") and not torch.cuda.is_available():
+        settings = {"accelerator": "cpu", "sync_batchnorm": False, "precision": "32-true"}
+        if cfg.trainer.get("devices") == -1:  # "all devices": every CPU core its process
+            settings["devices"] = os.cpu_count() or 1
     try:
-        return function(*args, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, GeoguessError):
-            raise cause from None
-        if isinstance(cause, MisconfigurationException):
-            raise GeoguessError(str(cause)) from None
-        raise
+        return instantiate(cfg.trainer, _partial_=True)(**{**settings, **kwargs})
     except MisconfigurationException as exc:
-        raise GeoguessError(str(exc)) from None
-
-
-def _check_missing(cfg: DictConfig) -> None:
-    from omegaconf import OmegaConf
-
-    missing = [key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra.")]
-    if missing:
         raise GeoguessError(
-            f"{', '.join(sorted(missing))} must be given, e.g. data.root=/path/to/dataset"
-        )
+            f"trainer: {exc} (trainer=gpu needs a CUDA GPU; trainer=cpu runs without one)"
+        ) from None
 
 
-def _resume_path(out: Path, ckpt_path: str | None) -> str | None:
-    if ckpt_path == "last":
-        return str(out / "checkpoints" / f"{LAST}.ckpt")
-    return ckpt_path
+def _checked_optimizer(factory):
+    """The optimizer partial, tried on one parameter: `optimizer.lr=-1` fails now, clearly."""
+    import torch
+
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as exc:
+        settings = ", ".join(f"optimizer.{k}={v!r}" for k, v in factory.keywords.items())
+        raise GeoguessError(f"{factory.func.__name__} refuses {settings}: {exc}") from None
+    return factory
 
 
-def _check_run_dir(out: Path, ckpt_path: str | None) -> None:
-    if (out / "results.json").exists():
-        raise GeoguessError(
-            f"{out} already holds a finished run (results.json); start a new run, or delete "
-            "results.json to test its checkpoints again"
-        )
-    if ckpt_path == "last" and not (out / "checkpoints" / "last.ckpt").exists():
-        raise GeoguessError(
-            f"ckpt_path=last: there is no {out / 'checkpoints' / 'last.ckpt'}; to resume an "
-            "interrupted run, pass its directory as hydra.run.dir=outputs/train/<time> "
-            "(or give ckpt_path=/path/to/file.ckpt)"
-        )
-    if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
-        raise GeoguessError(f"ckpt_path={ckpt_path} does not exist")
+def _callbacks(cfg: DictConfig, loggers: list, unfreeze) -> list:
+    """The `callbacks` group (every entry with a `_target_`, user additions included), the
+    unfreeze schedule, per-epoch seeding and the per-epoch log line."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from geoguess.models.callbacks import EpochLog, EpochSeed
+    from geoguess.utils.cli import instantiate
+
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise GeoguessError(f"callbacks.{name} has no _target_: give one, or set it to null")
+        callback = instantiate(node)
+        # Lightning refuses a learning-rate monitor without a logger to write to.
+        if callback is None or (isinstance(callback, LearningRateMonitor) and not loggers):
+            continue
+        callbacks.append(callback)
+    return [*callbacks, unfreeze, EpochSeed(cfg.seed), EpochLog()]
 
 
-def _loggers(cfg: DictConfig, out: Path) -> list:
-    if not cfg.logger or not cfg.logger.get("_target_"):
-        return []
-    return [_instantiate(cfg.logger, save_dir=str(out))]
+def _progress_bar(cfg: DictConfig, callbacks: list) -> bool:
+    from lightning.pytorch.callbacks import ProgressBar
+
+    wanted = cfg.trainer.get("enable_progress_bar")
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    if wanted is False:
+        callbacks[:] = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return False
+    return has_bar or bool(wanted)
 
 
-def _callbacks(cfg: DictConfig, out: Path, with_logger: bool) -> dict:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def _best_checkpoint(callbacks: list) -> str | None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from geoguess.models.callbacks import TrainTimer
     from geoguess.models.module import MONITOR
 
-    callbacks = {
-        "checkpoint": ModelCheckpoint(
-            dirpath=out / "checkpoints",
-            filename="best-epoch{epoch:02d}",
-            monitor=MONITOR,
-            mode="min",
-            save_top_k=1,
-            auto_insert_metric_name=False,
-        ),
-        # After "checkpoint", so that last.ckpt holds this epoch's best too. (Lightning's own
-        # save_last only writes when the monitored metric improved: useless for resuming.)
-        "last": ModelCheckpoint(
-            dirpath=out / "checkpoints",
-            filename=LAST,
-            save_top_k=1,
-            enable_version_counter=False,
-        ),
-        "unfreeze": _instantiate(cfg.unfreeze),
-        "timer": TrainTimer(),
-    }
-    if with_logger:
-        callbacks["lr_monitor"] = LearningRateMonitor(logging_interval="epoch")
-    return callbacks
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor == MONITOR:
+            return callback.best_model_path or None
+    log.warning("no checkpoint callback monitors %s: testing the last epoch's model", MONITOR)
+    return None
 
 
-def _define_wandb_summaries(loggers: list) -> None:
-    from lightning.pytorch.loggers import WandbLogger
+def _quiet_lightning() -> None:
+    # Tips, accelerator inventories and the like: not what a person needs to read.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import warnings
 
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            # The run's headline is the best epoch, not the last one.
-            logger.experiment.define_metric("val/haversine_km", summary="min")
-            logger.experiment.define_metric("val/median_km", summary="min")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is deprecated, use `isinstance.*")
+    # A resumed run's checkpoint folder holds the interrupted session's files, as it should.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
+def _describe(model, datamodule) -> str:
+    counts = {name: len(frame) for name, frame in datamodule.splits.items()}
+    params = sum(p.numel() for p in model.parameters())
+    classes = model.head.num_classes
+    return (
+        f"{counts['train']} train / {counts['val']} val / {counts['test']} test locations, "
+        f"{params / 1e6:.2f} M parameters" + (f", {classes} classes" if classes is not None else "")
+    )
+
+
+def plain_config(cfg) -> dict:
+    """The resolved config as plain containers, without Hydra's own node."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 # -- results ------------------------------------------------------------------------------------
 
 
-def _results(model, trainer, datamodule, callbacks: dict, best: str | None) -> dict:
-    from geoguess import metrics
+def _results(cfg, model, trainer, datamodule, callbacks: list, best: str | None) -> dict:
+    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
-    score = callbacks["checkpoint"].best_model_score
-    test = model.test_metrics
+    from geoguess import metrics
+    from geoguess import results as results_mod
+    from geoguess.models.module import MONITOR
+
     frame = model.test_predictions
     baseline = None
     if frame is not None and len(frame):
@@ -233,75 +309,24 @@ def _results(model, trainer, datamodule, callbacks: dict, best: str | None) -> d
                 datamodule.fitted.targets.crs,
             ).mean()
         )
-    results = {
-        "val_haversine_km": float(score) if score is not None else None,
-        "test_haversine_km": test.get("haversine_km"),
-        "test_median_km": test.get("median_km"),
-        "test_acc_1km": test.get("acc_1km"),
-        "test_acc_25km": test.get("acc_25km"),
-        "test_acc_100km": test.get("acc_100km"),
-        "test_geoguessr_score": test.get("geoguessr_score"),
-        "baseline_test_haversine_km": baseline,
-        "num_classes": model.head.num_classes,
-        "best_checkpoint": str(Path(best).resolve()) if best else None,
-        "epochs": int(trainer.current_epoch),
-        "train_seconds": round(callbacks["timer"].seconds, 3),
-    }
-    assert tuple(results) == RESULT_KEYS
-    return results
-
-
-def _write_outputs(out: Path, results: dict, model, country) -> None:
-    from geoguess.plots import plot_errors
-    from geoguess.utils.io import write_csv_atomic, write_json_atomic
-
-    frame = model.test_predictions
-    if frame is not None and len(frame):
-        write_csv_atomic(out / "predictions_test.csv", frame)
-        plot_errors(country, frame, out / "test_errors.png")
-    write_json_atomic(out / "results.json", results)
-    print(_summary(out, results))
-
-
-def _summary(out: Path, results: dict) -> str:
-    def km(value):
-        return "n/a" if value is None else f"{value:.1f} km"
-
-    def share(value):
-        return "n/a" if value is None else f"{100 * value:.1f} %"
-
-    baseline, test = results["baseline_test_haversine_km"], results["test_haversine_km"]
-    ratio = f" ({baseline / test:.1f}x better)" if baseline and test else ""
-    lines = [
-        f"results ({results['epochs']} epochs, {results['train_seconds']:.0f} s of training):",
-        f"  validation error (best epoch)  {km(results['val_haversine_km'])}",
-        f"  test error: mean               {km(test)}{ratio}",
-        f"              median             {km(results['test_median_km'])}",
-        f"  within 1 / 25 / 100 km         {share(results['test_acc_1km'])} / "
-        f"{share(results['test_acc_25km'])} / {share(results['test_acc_100km'])}",
-        f"  GeoGuessr score (of 5000)      {results['test_geoguessr_score'] or 0:.0f}",
-        f"  baseline (train mean location) {km(baseline)}",
-        f"wrote {out / 'results.json'}, predictions_test.csv, test_errors.png, checkpoints/",
-    ]
-    return "\n".join(lines)
-
-
-def quote_numeric_options(argv: list[str], groups: tuple[str, ...] = ("image",)) -> list[str]:
-    """`image=56` -> `image='56'`: Hydra reads a bare number as an int and refuses it as a
-    config group option (`Config group override must be a string`); a sweep's `image=56,112`
-    is quoted item by item."""
-    quoted = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        items = value.split(",")
-        if sep and key.lstrip("~+") in groups and all(item.isdigit() for item in items):
-            arg = f"{key}=" + ",".join(f"'{item}'" for item in items)
-        quoted.append(arg)
-    return quoted
+    checkpoint = next(
+        (c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == MONITOR), None
+    )
+    score = checkpoint.best_model_score if checkpoint is not None else None
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    return results_mod.completed(
+        val_km=float(score) if score is not None else None,
+        test=model.test_metrics,
+        frame=frame,
+        baseline_km=baseline,
+        num_classes=model.head.num_classes,
+        best_checkpoint=str(Path(best).resolve()) if best else None,
+        epochs=int(trainer.current_epoch),
+        train_seconds=timer.time_elapsed("train") if timer is not None else 0.0,
+        dataset=datamodule.fitted.info.get("dataset_key"),
+        seed=int(cfg.seed),
+    )
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.argv = quote_numeric_options(sys.argv)
     main()

@@ -10,11 +10,9 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 
-def run_module(
-    module: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS`: one torch thread, W&B offline, the checkout importable."""
-    env = {
+def command_env() -> dict:
+    """A command's environment: one torch thread, W&B offline, the checkout importable."""
+    return {
         **os.environ,
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
@@ -22,10 +20,16 @@ def run_module(
         "PYTHONPATH": str(REPO_ROOT),
         "HYDRA_FULL_ERROR": "0",
     }
+
+
+def run_module(
+    module: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a subprocess, as a user would run it."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=command_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -276,7 +276,7 @@ def test_store_extends_a_foreign_dataset_and_never_duplicates(tmp_path):
 
 
 def test_collection_is_valid_dataset_with_faults_survived(reference, country, tmp_path):
-    from geoguess.data.validate import validate_dataset
+    from geoguess.data.validation import validate_dataset
 
     out, summary, fake, _ = reference
     assert fake.protocol_errors == []  # every parameter and every signature was right

@@ -10,7 +10,7 @@ from PIL import Image
 
 from geoguess.data import cache as cache_mod
 from geoguess.data.io import image_paths
-from geoguess.data.validate import validate_dataset
+from geoguess.data.validation import validate_dataset
 from tests.data_helpers import croatia, touch_newer, view_path, write_dataset
 
 

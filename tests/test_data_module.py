@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -14,10 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from geoguess.data import DataError, FittedData, GeoguesserDataModule, GeoguesserDataset
+from geoguess.data import (
+    DataError,
+    FittedData,
+    FolderDataModule,
+    GeoguesserDataset,
+    SyntheticDataModule,
+)
 from geoguess.data import stats as stats_mod
 from geoguess.data.targets import TargetSpace
-from geoguess.geo import Country, build_grid, haversine_km
+from geoguess.geo import build_grid, haversine_km
 from geoguess.utils.io import OutputExistsError
 from tests.conftest import REPO_ROOT
 from tests.data_helpers import croatia, set_cell, touch_newer, truncate, view_path, write_dataset
@@ -37,18 +42,17 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def make_dm(root, cache_dir, **kwargs) -> GeoguesserDataModule:
+def make_dm(root, cache_dir, **kwargs) -> FolderDataModule:
     kwargs.setdefault("image_size", SIZE)
     kwargs.setdefault("num_workers", 0)
     kwargs.setdefault("batch_size", 8)
+    kwargs.setdefault("split_by", "hash")
     kwargs.setdefault("grid", partial(build_grid, spacing=0.5))
-    return GeoguesserDataModule(
-        root, country=croatia(), cache_dir=cache_dir, progress=False, **kwargs
-    )
+    return FolderDataModule(root, country=croatia(), cache_dir=cache_dir, progress=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def ready(dataset, cache_dir, tmp_path_factory) -> GeoguesserDataModule:
+def ready(dataset, cache_dir, tmp_path_factory) -> FolderDataModule:
     run_dir = tmp_path_factory.mktemp("run")
     dm = make_dm(dataset[0], cache_dir, run_dir=run_dir)
     dm.prepare_data()
@@ -166,20 +170,6 @@ def test_augmentation_only_on_train(ready, dataset, cache_dir):
     assert np.array_equal(train["images"].numpy(), array[rows])
 
 
-def test_normalize_images_and_imagenet(ready, dataset, cache_dir):
-    images = torch.cat([b["images"] for b in ready.val_dataloader()])
-    normalised = ready.fitted.normalize_images(images)
-    assert normalised.dtype == torch.float32 and normalised.shape == images.shape
-    expected = (
-        images[:, :, 0].double() / 255 - ready.fitted.image_mean[0]
-    ) / ready.fitted.image_std[0]
-    assert torch.allclose(normalised[:, :, 0].double(), expected, atol=1e-5)
-    imagenet = make_dm(dataset[0], cache_dir, normalize="imagenet")
-    imagenet.setup("fit")
-    assert imagenet.fitted.image_mean == stats_mod.IMAGENET_MEAN
-    assert imagenet.fitted.image_std == stats_mod.IMAGENET_STD
-
-
 def test_statistics_are_cached_and_recomputed_when_a_file_changes(tmp_path, monkeypatch):
     root = tmp_path / "data"
     frame = write_dataset(root, 20, size=32, seed=12)
@@ -234,6 +224,10 @@ def test_on_invalid_error_lists_problems_and_skip_leaves_them_out(tmp_path, capl
         in message
     )
     assert "data.on_invalid=skip" in message
+    # The list the message points to exists, with every problem.
+    listed = tmp_path / "run-error" / "invalid_locations.csv"
+    assert str(listed) in message
+    assert set(pd.read_csv(listed)["uuid"]) == {frame["uuid"][i] for i in (3, 7, 9)}
 
     run_dir = tmp_path / "run-skip"
     dm = make_dm(root, tmp_path / "cache", on_invalid="skip", run_dir=run_dir)
@@ -304,44 +298,18 @@ def test_parallel_loader_workers_read_the_memmap(ready, dataset, cache_dir):
     assert torch.equal(all_batches(loader)["images"], all_batches(ready.val_dataloader())["images"])
 
 
-def test_prediction_walks_every_folder(ready, tmp_path):
-    root = tmp_path / "predict"
-    frame = write_dataset(root, 6, size=32, seed=16)
-    (root / "data.csv").unlink()
-    shutil.copytree(root / "images" / frame["uuid"][0], root / "images" / "extra-location")
-    dm = GeoguesserDataModule.for_prediction(root, ready.fitted, SIZE, batch_size=4)
-    batch = all_batches(dm.predict_dataloader())
-    assert sorted(batch["uuid"]) == sorted([*frame["uuid"], "extra-location"])
-    assert batch["images"].shape == (7, 4, 3, SIZE, SIZE)
-    assert torch.isnan(batch["latlon"]).all() and torch.isnan(batch["target"]).all()
-    assert (batch["class_id"] == -1).all()
-    # With a data.csv, coordinates come along.
-    frame.to_csv(root / "data.csv")
-    batch = all_batches(
-        GeoguesserDataModule.for_prediction(root, ready.fitted, SIZE).predict_dataloader()
-    )
-    known = dict(zip(batch["uuid"], batch["latlon"][:, 0].tolist(), strict=True))
-    assert known[frame["uuid"][1]] == frame["latitude"][1]
-    assert np.isnan(known["extra-location"])
-    # A folder with a missing view is an error naming it, or skipped.
-    view_path(root, "extra-location", 270).unlink()
-    with pytest.raises(DataError, match="extra-location: missing or empty 270.jpg"):
-        GeoguesserDataModule.for_prediction(root, ready.fitted, SIZE)
-    skipped = GeoguesserDataModule.for_prediction(root, ready.fitted, SIZE, on_invalid="skip")
-    assert "extra-location" not in all_batches(skipped.predict_dataloader())["uuid"]
-
-
 def test_bad_settings_are_clear_errors(dataset, cache_dir):
     for kwargs, pattern in [
         ({"split": [0.5, 0.5]}, "data.split"),
         ({"split_by": "random"}, "data.split_by"),
         ({"on_invalid": "ignore"}, "data.on_invalid"),
-        ({"normalize": "none"}, "data.normalize"),
         ({"fraction": 0}, "data.fraction"),
         ({"root": None}, "data.root"),
     ]:
         with pytest.raises(DataError, match=pattern):
             make_dm(kwargs.pop("root", dataset[0]), cache_dir, **kwargs)
+    with pytest.raises(DataError, match="a grid factory"):
+        make_dm(dataset[0], cache_dir, grid=None)
 
 
 def test_hydra_configs_instantiate(dataset, cache_dir):
@@ -353,33 +321,58 @@ def test_hydra_configs_instantiate(dataset, cache_dir):
         cfg = compose(
             "validate", overrides=[f"data.root={dataset[0]}", f"data.cache_dir={cache_dir}"]
         )
-        synthetic = compose("validate", overrides=["data=synthetic", "data.num_locations=50"])
+        synthetic = compose("validate", overrides=["data=synthetic"])
     assert cfg.image.size == 224
-    # As train.py does it (Hydra hands the Country dataclass over as a DictConfig).
-    dm = instantiate(
-        cfg.data, country=croatia(), grid=grid_factory, image_size=SIZE, progress=False
+    assert cfg.data.split_by == "spatial"  # real data: neighbouring panoramas never straddle
+    # As train.py does it: a partial, called with the run's objects.
+    dm = instantiate(cfg.data, _partial_=True)(
+        country=croatia(), grid=grid_factory, image_size=SIZE, progress=False
     )
-    assert isinstance(dm, GeoguesserDataModule) and dm.roots == [dataset[0]]
-    assert isinstance(dm.country, Country) and dm.country == croatia()
+    assert isinstance(dm, FolderDataModule) and dm.roots == [dataset[0]]
     dm.num_workers = 0
     dm.setup("fit")
     assert dm.fitted.grid.spacing == 0.5 and "train_latitude" in dm.fitted.grid.table
-    assert synthetic.data.synthetic and synthetic.data.synthetic_image_size > 0
-    assert synthetic.data.root.endswith("n50-seed0-128px")
-    assert set(cfg.data) <= set(synthetic.data)
+    assert synthetic.data.root is None and synthetic.data.split_by == "hash"
+    assert set(synthetic.data.generator) == {"num_locations", "seed", "image_size"}
+    assert set(cfg.data) - {"_target_"} <= set(synthetic.data)
 
 
-def test_generated_dataset_round_trip(tmp_path):
-    pytest.importorskip("geoguess.data.synthesize")
-    root = tmp_path / "synthetic"
-    dm = make_dm(
-        root, tmp_path / "cache", synthetic=True, num_locations=30, synthetic_image_size=32
+def test_generated_dataset_lives_in_the_cache_keyed_by_country(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOGUESS_CACHE_DIR", str(tmp_path / "cache-home"))
+    generator = {"num_locations": 30, "seed": 0, "image_size": 32}
+    dm = SyntheticDataModule(
+        generator=generator,
+        country=croatia(),
+        grid=partial(build_grid, spacing=0.5),
+        image_size=SIZE,
+        num_workers=0,
+        progress=False,
     )
     dm.prepare_data()
     dm.setup("fit")
-    assert (root / "data.csv").exists() and not dm.report.problems
+    (root,) = dm.roots
+    assert root.parent == tmp_path / "cache-home" and (root / "data.csv").exists()
+    assert croatia().fingerprint[:12] in root.name and not dm.report.problems
     batch = next(iter(dm.val_dataloader()))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape[1:] == (4, 3, SIZE, SIZE)
+
+
+def test_a_given_root_without_data_is_an_error_and_nothing_is_created(tmp_path):
+    typo = tmp_path / "typo"
+    dm = SyntheticDataModule(
+        root=str(typo),
+        country=croatia(),
+        grid=partial(build_grid, spacing=0.5),
+        image_size=SIZE,
+        num_workers=0,
+        progress=False,
+    )
+    with pytest.raises(DataError, match="holds no dataset"):
+        dm.prepare_data()
+    assert not typo.exists()
+    with pytest.raises(DataError, match="does not exist"):
+        make_dm(typo, tmp_path / "cache").prepare_data()
+    assert not typo.exists()
 
 
 def test_real_sample_round_trip(real_sample, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from geoguess.data import cache as cache_mod
 from geoguess.data.io import DataError
-from geoguess.data.validate import MAX_LISTED, SKIP_HINT, validate_dataset
+from geoguess.data.validation import MAX_LISTED, SKIP_HINT, validate_dataset
 from tests.cli import run_module
 from tests.data_helpers import (
     croatia,
@@ -171,12 +171,12 @@ def test_error_message_lists_every_problem_and_truncates(tmp_path):
     for uuid in frame["uuid"]:
         view_path(root, uuid, 0).unlink()
     report = validate(root, tmp_path)
-    message = report.error_message()
+    message = report.error_message(tmp_path / "run" / "invalid_locations.csv")
     assert len(report.problems) == MAX_LISTED + 5
     assert message.count("missing file") == MAX_LISTED
     assert "... and 5 more problems" in message
     assert message.rstrip().endswith(
-        "(they are listed in invalid_locations.csv in the run directory)."
+        f"(all are listed in {tmp_path / 'run' / 'invalid_locations.csv'})."
     )
     assert SKIP_HINT in message
 

@@ -29,11 +29,13 @@ def test_grid_cli_writes_classes_and_map(tmp_path):
     with Image.open(out / "grid.png") as image:
         assert image.format == "PNG" and image.width > 400
     assert (out / ".hydra" / "config.yaml").exists()
-    # A second run into the same directory refuses to clobber the first.
+    # A second run into the same directory refuses, and leaves the first run's files alone.
+    record = (out / ".hydra" / "config.yaml").read_text()
     again = run_grid("grid.spacing=0.5", f"hydra.run.dir={out}")
     assert again.returncode == 2
-    assert "already exists" in again.stderr
+    assert "already holds a run" in again.stderr
     assert len(pd.read_csv(out / "classes.csv")) == 28
+    assert (out / ".hydra" / "config.yaml").read_text() == record
 
 
 def test_grid_cli_bad_input_is_one_clear_line(tmp_path):

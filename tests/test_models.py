@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from geoguess import metrics
 from geoguess.errors import GeoguessError
 from geoguess.geo import Country, build_grid, haversine_km
 from geoguess.models import backbones, fusion, heads, unfreeze
-from geoguess.models.module import GeoguessModule, NonFiniteLossError, build_module
+from geoguess.models.module import GeoguessModule, NonFiniteLossError, build_from_spec
+from geoguess.train import build_model, build_trainer
 from tests.train_helpers import CONF, composed
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -39,7 +38,7 @@ def fitted(country):
     lat, lon = croatia_points(300, seed=1)
     grid = build_grid(country, 0.8, train_lat=lat, train_lon=lon)
     targets = TargetSpace.fit(lat, lon)
-    return FittedData(targets, grid, (0.4, 0.5, 0.45), (0.2, 0.25, 0.22), 32)
+    return FittedData(targets, grid, (0.4, 0.5, 0.45), (0.2, 0.25, 0.22), 32, country)
 
 
 def batch_of(fitted, n: int = 6, size: int = 32, seed: int = 0) -> dict:
@@ -56,6 +55,7 @@ def batch_of(fitted, n: int = 6, size: int = 32, seed: int = 0) -> dict:
         "target": torch.tensor(fitted.targets.normalize(lat, lon), dtype=torch.float32),
         "class_id": torch.tensor(fitted.grid.assign(lat, lon), dtype=torch.int64),
         "uuid": [f"loc{i}" for i in range(n)],
+        "index": torch.arange(n),
     }
 
 
@@ -79,6 +79,9 @@ def test_every_group_option_of_the_issue_exists():
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau"]
     assert options("unfreeze") == ["at_epoch", "gradual", "never"]
     assert options("trainer") == ["cpu", "ddp", "gpu"]
+    assert options("image") == ["112px", "224px", "56px", "64px"]
+    assert options("callbacks") == ["default", "with_early_stopping"]
+    assert options("grid") == ["square"]
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
     assert options("experiment") == ["original", "quickstart", "smoke"]
 
@@ -108,7 +111,7 @@ def test_backbone_options_instantiate(name, tmp_path):
 def test_head_and_model_options_build_a_module(head, fusion_name, fitted, tmp_path):
     overrides = ["backbone=tiny", f"head={head}", f"model.fusion={fusion_name}"]
     with composed(overrides, tmp_path) as cfg:
-        module = build_module(cfg, fitted)
+        module = build_model(cfg, fitted)
     output = module(batch_of(fitted, 3)["images"])
     width = fitted.grid.num_classes if head == "classification" else 2
     assert output.shape == (3, width)
@@ -122,19 +125,29 @@ def test_head_and_model_options_build_a_module(head, fusion_name, fitted, tmp_pa
 def test_optimizer_and_scheduler_options_instantiate(optimizer, scheduler, fitted, tmp_path):
     overrides = ["backbone=tiny", f"optimizer={optimizer}", f"scheduler={scheduler}"]
     with composed(overrides, tmp_path) as cfg:
-        module = build_module(cfg, fitted)
+        module = build_model(cfg, fitted)
     module.trainer = _FakeTrainer()  # what the schedulers read from the trainer
     configured = module.configure_optimizers()
     opt = configured["optimizer"] if isinstance(configured, dict) else configured
     assert type(opt).__name__ == {"adam": "Adam", "adamw": "AdamW"}[optimizer]
-    names = [g["name"] for g in opt.param_groups]
-    assert names == ["head", "backbone"]
-    # unfreeze=at_epoch (default): the backbone group trains at lr_finetune
-    assert opt.param_groups[1]["lr"] == pytest.approx(
-        cfg.optimizer.lr_finetune * (1 / 25 if scheduler == "onecycle" else 1)
-    )
+    groups = {g["name"]: g for g in opt.param_groups}
+    # unfreeze=at_epoch (default): the backbone trains at unfreeze.backbone_lr
+    warmup = 1 / 25 if scheduler == "onecycle" else 1
+    for name, group in groups.items():
+        lr = cfg.unfreeze.backbone_lr if name.startswith("backbone") else cfg.optimizer.lr
+        assert group["lr"] == pytest.approx(lr * warmup)
+    # Every parameter once; no weight decay on biases and normalisation weights (timm's rule).
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in module.parameters())
+    names = {id(p): n for n, p in module.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            one_d = p.ndim <= 1 or names[id(p)].endswith(".bias")
+            assert group["weight_decay"] == (0.0 if one_d else cfg.optimizer.weight_decay)
+    if optimizer == "adamw":
+        assert {"head", "head/no_decay", "backbone", "backbone/no_decay"} == set(groups)
     if scheduler == "none":
-        assert not isinstance(configured, dict)
+        assert cfg.scheduler is None and not isinstance(configured, dict)
     else:
         kind = {
             "plateau": "ReduceLROnPlateau",
@@ -156,25 +169,28 @@ def test_unfreeze_options_instantiate(name, tmp_path):
     with composed([f"unfreeze={name}"], tmp_path) as cfg:
         callback = instantiate(cfg.unfreeze)
     assert isinstance(callback, unfreeze.BackboneUnfreeze)
-    assert callback.starts_frozen is (name != "never")
+    assert callback.backbone_lr == (None if name == "never" else 1e-4)
 
 
 def test_trainer_options_instantiate_or_say_why(tmp_path):
-    from hydra.utils import instantiate
-
-    from geoguess.train import _guard
-
     with composed(["trainer=cpu"], tmp_path) as cfg:
-        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        trainer = build_trainer(cfg, logger=False, enable_checkpointing=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
-    for name in ("gpu", "ddp"):
-        with composed([f"trainer={name}"], tmp_path) as cfg:
-            assert cfg.trainer.precision == "bf16-mixed"
-            if torch.cuda.is_available():
-                instantiate(cfg.trainer, logger=False)
-            else:
-                with pytest.raises(GeoguessError, match="(?i)gpu|cuda"):
-                    _guard(instantiate, cfg.trainer, logger=False)
+    with composed(["trainer=gpu"], tmp_path) as cfg:
+        assert cfg.trainer.precision == "bf16-mixed"
+        if torch.cuda.is_available():
+            build_trainer(cfg, logger=False)
+        else:
+            with pytest.raises(GeoguessError, match="(?i)trainer=gpu needs a CUDA GPU"):
+                build_trainer(cfg, logger=False)
+    with composed(["trainer=ddp", "trainer.devices=2"], tmp_path) as cfg:
+        trainer = build_trainer(cfg, logger=False, enable_checkpointing=False)
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+    assert trainer.num_devices == 2
+    if not torch.cuda.is_available():  # gloo processes on CPU, without GPU-only options
+        assert trainer.strategy._process_group_backend in (None, "gloo")
+        assert type(trainer.accelerator).__name__ == "CPUAccelerator"
+        assert trainer.precision == "32-true"
 
 
 @pytest.mark.parametrize("name", options("logger"))
@@ -186,9 +202,9 @@ def test_logger_options_instantiate(name, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with composed([f"logger={name}"], tmp_path) as cfg:
         if name == "none":
-            assert not cfg.logger.get("_target_")
+            assert cfg.logger is None
             return
-        logger = instantiate(cfg.logger, save_dir=str(tmp_path))
+        logger = instantiate(cfg.logger)
         logger.log_metrics({"val/haversine_km": 1.0}, step=0)
         finish([logger])
     assert logger.save_dir and Path(logger.save_dir) == tmp_path
@@ -196,15 +212,26 @@ def test_logger_options_instantiate(name, tmp_path, monkeypatch):
         assert list(tmp_path.rglob("events.out.tfevents*")), "no TensorBoard event file written"
 
 
-def test_wandb_group_is_the_sweep_name(tmp_path):
-    from geoguess.models.loggers import job_name, sweep_name
+def test_wandb_run_is_named_grouped_and_kept_for_resumes(tmp_path, monkeypatch):
+    from hydra.utils import instantiate
 
+    from geoguess.models.loggers import RUN_ID_FILE, finish, run_name, sweep_name
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
     with composed([], tmp_path):
         assert sweep_name() is None
-        assert job_name() == tmp_path.name
+        assert run_name([], tmp_path) == tmp_path.name
     overrides = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}/sweep-7"]
-    with composed(overrides, tmp_path):
+    with composed([*overrides, "grid.spacing=0.3", "head=regression"], tmp_path) as cfg:
         assert sweep_name() == "train-sweep-7"
+        logger = instantiate(cfg.logger)
+        assert logger.swept == {"grid.spacing": 0.3, "head": "regression"}
+        first = logger.experiment.id
+        assert logger.experiment.name == "grid.spacing=0.3 head=regression"
+        finish([logger])
+        again = instantiate(cfg.logger)  # a resumed run in the same folder
+        assert again.experiment.id == first == (tmp_path / RUN_ID_FILE).read_text().strip()
+        finish([again])
 
 
 def _importable(*modules: str) -> bool:
@@ -233,34 +260,42 @@ def test_experiments_compose(name, tmp_path):
         assert cfg.image.size == 64
 
 
+@pytest.mark.parametrize("size", [56, 64, 112, 224])
+def test_image_options_are_names_that_work_in_every_command(size, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for command in ("train", "validate"):
+            assert compose(command, overrides=[f"image={size}px"]).image.size == size
+
+
 @pytest.mark.parametrize(
     "override, error",
     [
-        ("model.fusion=sum", "expected one of"),
-        ("head.points=middle", "expected one of"),
-        ("optimizer.lr=fast", "could not be converted"),
-        ("unfreeze=at_epoch unfreeze.epoch=soon", "could not be converted"),
-        ("head=nonsense", "Could not find 'head/nonsense'"),
-        ("backbone.pretrained=maybe", "is not a valid bool"),
+        ("model.fusion=sum", "model.fusion='sum' is not one of concat, mean, attention"),
+        ("head.points=middle", "head.points='middle'"),
+        ("optimizer.lr=fast", "AdamW refuses optimizer.lr='fast'"),
+        ("optimizer.lr=-1", "AdamW refuses optimizer.lr=-1"),
+        ("unfreeze=at_epoch unfreeze.epoch=soon", "unfreeze.epoch='soon' must be an integer"),
+        ("backbone.pretrained=maybe", "backbone.pretrained='maybe' must be true or false"),
+        ("grid.spacing=9", "a classifier needs at least 2"),
     ],
 )
-def test_bad_values_fail_at_composition(override, error, tmp_path):
-    errors = (ConfigCompositionException, ValidationError, ConfigKeyError)
-    with pytest.raises(errors) as info, composed(override.split(), tmp_path):
-        pass
-    text = f"{info.value} {info.value.__cause__}"
-    assert error.lower() in text.lower()
+def test_bad_values_are_one_clear_error(override, error, tiny_data, tmp_path):
+    from tests.train_helpers import FAST, folder_data, run_training
+
+    overrides = [*FAST, *folder_data(tiny_data), "optimizer=adamw", *override.split()]
+    with pytest.raises(GeoguessError) as info:
+        run_training(overrides, tmp_path)
+    assert error in str(info.value)
+    assert not (tmp_path / "checkpoints").exists()
 
 
-def test_numeric_image_options_are_quoted_for_hydra():
-    from geoguess.train import quote_numeric_options
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from tests.train_helpers import dataset
 
-    assert quote_numeric_options(["x", "image=56", "image=56,112", "grid.spacing=0.5"]) == [
-        "x",
-        "image='56'",
-        "image='56','112'",
-        "grid.spacing=0.5",
-    ]
+    return dataset(tmp_path_factory.getbasetemp(), num_locations=40, image_size=32)
 
 
 # -- backbones ----------------------------------------------------------------------------------
@@ -316,7 +351,7 @@ def test_fusion_shapes_and_heading_order(name):
 
 
 def test_classification_decodes_to_the_weighted_mean_of_class_points(fitted):
-    head = heads.ClassificationHead(16, fitted.grid, fitted.targets)
+    head = heads.ClassificationHead(16, fitted.grid, fitted.targets, fitted.country)
     lat, lon = fitted.grid.points("clipped")
     logits = torch.full((1, head.num_classes), -1e4)
     logits[0, 3] = 0.0
@@ -330,13 +365,13 @@ def test_classification_decodes_to_the_weighted_mean_of_class_points(fitted):
 
 def test_class_point_kinds(fitted):
     for kind in ("clipped", "centroid", "train_mean"):
-        head = heads.ClassificationHead(4, fitted.grid, fitted.targets, points=kind)
+        head = heads.ClassificationHead(4, fitted.grid, fitted.targets, fitted.country, points=kind)
         lat, lon = fitted.grid.points(kind)
         assert np.allclose(head.class_latlon.numpy(), np.column_stack([lat, lon]))
 
 
 def test_label_smoothing_prefers_near_classes(fitted):
-    head = heads.ClassificationHead(4, fitted.grid, fitted.targets, smoothing_km=20)
+    head = heads.ClassificationHead(4, fitted.grid, fitted.targets, fitted.country, smoothing_km=20)
     lat, lon = fitted.grid.points("clipped")
     latlon = torch.tensor([[lat[7], lon[7]]], dtype=torch.float64)
     soft = head.soft_targets(latlon)[0].numpy()
@@ -352,11 +387,11 @@ def test_label_smoothing_prefers_near_classes(fitted):
     far[0, int(d.argmax())] = 5.0
     assert head.loss(near, batch) < head.loss(far, batch)
     with pytest.raises(GeoguessError):
-        heads.ClassificationHead(4, fitted.grid, fitted.targets, smoothing_km=0)
+        heads.ClassificationHead(4, fitted.grid, fitted.targets, fitted.country, smoothing_km=0)
 
 
 def test_regression_clamps_predictions_but_not_the_loss(fitted):
-    head = heads.RegressionHead(4, fitted.targets)
+    head = heads.RegressionHead(4, fitted.targets, country=fitted.country)
     output = torch.tensor([[1.7, -0.4]])
     xy = head.to_projected(output).numpy()[0]
     t = fitted.targets
@@ -365,15 +400,52 @@ def test_regression_clamps_predictions_but_not_the_loss(fitted):
     assert loss.item() == pytest.approx(((1.2**2) + (0.9**2)) / 2, rel=1e-5)
 
 
-def test_decoding_is_exact_under_bf16_autocast(fitted):
-    head = heads.ClassificationHead(8, fitted.grid, fitted.targets)
-    logits = torch.randn(4, head.num_classes)
-    reference = head.to_projected(logits)
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_heads_decode_within_50_metres_of_float32_under_bf16_autocast(kind, fitted):
+    head = heads.build_head(
+        {"kind": kind, "snap_to_land": False},
+        64,
+        grid=fitted.grid,
+        targets=fitted.targets,
+        country=fitted.country,
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        head.linear.weight.normal_(0, 0.5)
+    features = torch.randn(256, 64)
+    reference = head.to_latlon(head(features))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = head.to_projected(logits.bfloat16())
-    # bf16 logits round, but the mean over class points is computed in float64: metres apart.
-    assert mixed.dtype == torch.float64
-    assert (mixed - reference).abs().max() < 2_000
+        # What a bf16 backbone hands over: bf16 features.
+        mixed = head.to_latlon(head(features.bfloat16()))
+    exact_input = head.to_latlon(head(features.bfloat16().float()))
+    # The head itself adds nothing under autocast: its float32 layer sees the same numbers.
+    assert haversine_km(*mixed, *exact_input).max() < 0.05
+    # ... while a bf16 linear layer would cost kilometres on the regression head.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = torch.nn.functional.linear(
+            features.bfloat16(), head.linear.weight.bfloat16(), head.linear.bias.bfloat16()
+        )
+    if kind == "regression":
+        assert haversine_km(*head.to_latlon(raw.float()), *reference).max() > 0.05
+
+
+def test_predictions_off_land_snap_to_the_nearest_point_of_the_country(fitted, country):
+    import shapely
+
+    head = heads.RegressionHead(4, fitted.targets, country=country)
+    at_sea = np.array([[43.0, 16.0], [44.5, 14.0], [45.8, 15.98]])  # Adriatic, Adriatic, Zagreb
+    xy = fitted.targets.project(at_sea[:, 0], at_sea[:, 1])
+    lat, lon, moved = head.decode(xy)
+    assert moved.tolist() == [True, True, False]
+    assert country.contains(lat, lon).all()
+    assert (lat[2], lon[2]) == (pytest.approx(45.8), pytest.approx(15.98))
+    # The nearest point: as far as the boundary is from the sea point (plus the 25 m margin).
+    x, y = country.projector.forward(at_sea[:2, 0], at_sea[:2, 1])
+    to_border = shapely.distance(country.projected_geometry, shapely.points(x, y)) / 1000
+    moved_km = haversine_km(lat[:2], lon[:2], at_sea[:2, 0], at_sea[:2, 1])
+    assert moved_km == pytest.approx(to_border + 0.025, abs=0.05)
+    plain = heads.RegressionHead(4, fitted.targets, country=country, snap_to_land=False)
+    assert not plain.decode(xy)[2].any()
 
 
 # -- module -------------------------------------------------------------------------------------
@@ -389,6 +461,7 @@ def _module(fitted, **kwargs) -> GeoguessModule:
 
 
 def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
+    """From scratch: the training split's statistics; pretrained: the backbone's own."""
     module = _module(fitted).eval()
     seen = {}
     module.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
@@ -398,6 +471,14 @@ def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
     assert x.shape == (8, 3, 8, 8)  # the four views of each location through one backbone
     expected = (1.0 - torch.tensor(fitted.image_mean)) / torch.tensor(fitted.image_std)
     assert torch.allclose(x[0, :, 0, 0], expected)
+    pretrained = _module(fitted, pretrained=True)
+    imagenet = (torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225)))
+    assert torch.allclose(pretrained.input_mean.flatten(), imagenet[0])
+    assert torch.allclose(pretrained.input_std.flatten(), imagenet[1])
+    forced = _module(fitted, pretrained=True, normalize="dataset")
+    assert torch.allclose(forced.input_mean.flatten(), torch.tensor(fitted.image_mean))
+    with pytest.raises(GeoguessError, match="model.normalize"):
+        _module(fitted, normalize="imagenet")
 
 
 def test_training_step_and_nan_loss(fitted):
@@ -412,15 +493,23 @@ def test_training_step_and_nan_loss(fitted):
         module.training_step(batch, 1)
 
 
-def test_checkpoint_extras_are_plain_data(fitted):
-    module = _module(fitted, config={"backbone": {"name": "tiny"}})
+def test_checkpoint_extras_are_plain_data_that_rebuild_the_module(fitted):
+    import json
+
+    module = _module(fitted, config={"backbone": {"name": "tiny"}}, fusion="attention").eval()
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     extra = checkpoint["geoguess"]
-    assert extra["num_classes"] == fitted.grid.num_classes
-    import json
-
+    assert extra["spec"]["backbone"] == {"name": "test_efficientnet"}
+    assert extra["spec"]["head"]["kind"] == "classification"
     assert json.loads(json.dumps(extra)) == extra
+    from geoguess.data import FittedData
+
+    rebuilt = build_from_spec(extra["spec"], FittedData.from_dict(extra["fitted"])).eval()
+    rebuilt.load_state_dict(module.state_dict())
+    images = batch_of(fitted, 3)["images"]
+    assert torch.allclose(rebuilt(images), module(images))
+    assert rebuilt.spec() == module.spec()
 
 
 # -- unfreezing ---------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""`geoguess.predict`: a checkpoint alone locates every folder of a dataset."""
+"""`geoguess.predict`: a checkpoint alone locates every folder of a dataset, or fails saying
+which file is wrong; checkpoints are untrusted input."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
+from geoguess import inference
 from geoguess.errors import GeoguessError
-from geoguess.predict import CheckpointError, predict, run
+from geoguess.inference import predict
+from geoguess.models.checkpoint import CheckpointError
+from geoguess.predict import run
+from tests.data_helpers import truncate
 from tests.train_helpers import FAST, composed, dataset, folder_data, run_cli, run_training
 
 
@@ -39,8 +46,17 @@ def copy_dataset(source: Path, target: Path, n: int = 12) -> Path:
     return target
 
 
+def predict_with(tmp_path: Path, checkpoint, root, output, *extra) -> Path:
+    """`python -m geoguess.predict ...` in this process, in a fresh run folder."""
+    overrides = [f"checkpoint={checkpoint}", f"data.root={root}", f"output={output}", *extra]
+    run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+    with composed(overrides, run_dir, "predict") as cfg:
+        return run(cfg)
+
+
 def test_predictions_reproduce_the_test_predictions_of_training(trained, data_root):
-    frame = predict(trained["best_checkpoint"], data_root, batch_size=16)
+    frame, failures = predict(trained["best_checkpoint"], data_root, batch_size=16)
+    assert not failures
     uuids = sorted(p.name for p in (data_root / "images").iterdir() if p.is_dir())
     assert sorted(frame["uuid"]) == uuids  # every folder, once
     tested = pd.read_csv(trained["run"] / "predictions_test.csv")
@@ -66,68 +82,144 @@ def test_cli_writes_only_uuid_and_coordinates_and_prints_the_error(trained, data
     assert len(frame) == 80
     assert "mean error" in done.stdout and " km" in done.stdout
     assert not list(output.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+    assert output.stat().st_mode & 0o777 == 0o644
 
 
-def _predict_cfg(checkpoint, root, output, *extra):
-    return [f"checkpoint={checkpoint}", f"data.root={root}", f"output={output}", *extra]
-
-
-def test_refuses_to_overwrite_unless_asked(trained, data_root, tmp_path, capsys):
+def test_refuses_to_overwrite_unless_asked(trained, data_root, tmp_path):
     output = tmp_path / "predictions.csv"
     output.write_text("precious\n")
-    with (
-        composed(
-            _predict_cfg(trained["best_checkpoint"], data_root, output), tmp_path, "predict"
-        ) as cfg,
-        pytest.raises(GeoguessError, match="already exists; pass overwrite=true"),
-    ):
-        run(cfg)
+    with pytest.raises(GeoguessError, match="already exists; pass overwrite=true"):
+        predict_with(tmp_path, trained["best_checkpoint"], data_root, output)
     assert output.read_text() == "precious\n"
-    overrides = _predict_cfg(trained["best_checkpoint"], data_root, output, "overwrite=true")
-    with composed(overrides, tmp_path, "predict") as cfg:
-        run(cfg)
+    predict_with(tmp_path, trained["best_checkpoint"], data_root, output, "overwrite=true")
     assert len(pd.read_csv(output)) == 80
 
 
-def test_missing_views_are_an_error_or_skipped(trained, data_root, tmp_path):
+def test_an_unreadable_view_fails_naming_it_or_is_skipped_and_listed(trained, data_root, tmp_path):
     root = copy_dataset(data_root, tmp_path / "data")
-    broken = sorted((root / "images").iterdir())[3]
-    (broken / "180.jpg").unlink()
+    folders = sorted((root / "images").iterdir())
+    (folders[3] / "180.jpg").unlink()
+    truncate(folders[5] / "90.jpg")
     output = tmp_path / "p.csv"
-    with (
-        composed(
-            _predict_cfg(trained["best_checkpoint"], root, output), tmp_path, "predict"
-        ) as cfg,
-        pytest.raises(GeoguessError, match=f"{broken.name}.*180.jpg"),
-    ):
-        run(cfg)
-    assert not output.exists()
-    overrides = _predict_cfg(trained["best_checkpoint"], root, output, "on_invalid=skip")
-    with composed(overrides, tmp_path, "predict") as cfg:
-        run(cfg)
+    with pytest.raises(GeoguessError) as error:
+        predict_with(tmp_path, trained["best_checkpoint"], root, output)
+    message = str(error.value)
+    assert "2 of 12 locations cannot be predicted" in message
+    assert f"{folders[3] / '180.jpg'}: missing or empty file" in message
+    assert f"{folders[5] / '90.jpg'}: does not decode" in message
+    assert not output.exists()  # a submission holds every location, or is not written
+    predict_with(tmp_path, trained["best_checkpoint"], root, output, "on_invalid=skip")
     frame = pd.read_csv(output)
-    assert len(frame) == 11 and broken.name not in set(frame["uuid"])
+    assert len(frame) == 10 and not {folders[3].name, folders[5].name} & set(frame["uuid"])
+    skipped = pd.read_csv(tmp_path / "p_skipped.csv")
+    assert set(skipped["uuid"]) == {folders[3].name, folders[5].name}
+
+
+def test_an_unwritable_output_fails_before_any_work(trained, data_root, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("predicted although the output cannot be written")
+
+    monkeypatch.setattr(inference, "predict", no_work)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for output in (a_file / "sub" / "p.csv", tmp_path, Path("/proc/geoguess/p.csv")):
+        with pytest.raises(GeoguessError, match="output="):
+            predict_with(tmp_path, trained["best_checkpoint"], data_root, output)
 
 
 def test_data_csv_is_optional(trained, data_root, tmp_path, capsys):
     root = copy_dataset(data_root, tmp_path / "data", n=5)
     (root / "data.csv").unlink()
     output = tmp_path / "p.csv"
-    with composed(
-        _predict_cfg(trained["best_checkpoint"], root, output), tmp_path, "predict"
-    ) as cfg:
-        run(cfg)
+    predict_with(tmp_path, trained["best_checkpoint"], root, output)
     frame = pd.read_csv(output)
     assert len(frame) == 5 and frame[["latitude", "longitude"]].notna().all().all()
     assert "mean error" not in capsys.readouterr().out
 
 
-def test_last_checkpoint_and_bad_checkpoints(trained, data_root, tmp_path):
+def test_bad_checkpoints_get_one_plain_message(trained, data_root, tmp_path):
     last = trained["run"] / "checkpoints" / "last.ckpt"
-    assert len(predict(last, data_root)) == 80
-    with pytest.raises(CheckpointError, match="does not exist"):
-        predict(tmp_path / "missing.ckpt", data_root)
-    junk = tmp_path / "junk.ckpt"
-    torch.save({"state_dict": {}}, junk)
-    with pytest.raises(CheckpointError, match="not a checkpoint written by geoguess.train"):
-        predict(junk, data_root)
+    assert len(predict(last, data_root)[0]) == 80
+    whole = last.read_bytes()
+    files = {
+        "missing.ckpt": None,
+        "empty.ckpt": b"",
+        "text.ckpt": b"this is not a checkpoint\n",
+        "random.ckpt": np.random.default_rng(0).bytes(4096),
+        "truncated.ckpt": whole[: len(whole) // 2],
+    }
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    expected = {
+        "missing.ckpt": "does not exist",
+        "empty.ckpt": "is empty",
+        "text.ckpt": "cannot be read",
+        "random.ckpt": "cannot be read",
+        "truncated.ckpt": "truncated or damaged",
+        "foreign.ckpt": "not a checkpoint written by geoguess.train",
+    }
+    for name, pattern in expected.items():
+        with pytest.raises(CheckpointError, match=pattern) as error:
+            predict(tmp_path / name, data_root)
+        assert "weights_only" not in str(error.value) and "Traceback" not in str(error.value)
+
+
+class _Payload:
+    """Unpickling it would write a file (a code-running pickle)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "pwned"))
+
+
+def test_a_crafted_checkpoint_runs_nothing(trained, data_root, tmp_path):
+    """A checkpoint is data: no stored `_target_` is instantiated, no pickle code runs."""
+    checkpoint = torch.load(trained["best_checkpoint"], weights_only=True)
+    marker = tmp_path / "written-by-the-checkpoint.npz"
+    # 1. Every config node replaced by a file writer that Hydra's blocklist lets through.
+    evil = {"_target_": "numpy.savez", "file": str(marker)}
+    for key in ("backbone", "head", "model", "country", "grid"):
+        checkpoint["geoguess"]["config"][key] = dict(evil)
+    crafted = tmp_path / "crafted-config.ckpt"
+    torch.save(checkpoint, crafted)
+    frame, _ = predict(crafted, data_root)  # the config is provenance, never instantiated
+    assert len(frame) == 80 and not marker.exists()
+    # 2. A model description naming something else than the suite's registries.
+    for part, value in (
+        (("spec", "backbone", "name"), "numpy.savez"),
+        (("spec", "fusion"), "numpy.savez"),
+        (("spec", "head", "kind"), "numpy.savez"),
+    ):
+        bad = torch.load(trained["best_checkpoint"], weights_only=True)
+        node = bad["geoguess"]
+        for key in part[:-1]:
+            node = node[key]
+        node[part[-1]] = value
+        path = tmp_path / f"crafted-{'-'.join(part)}.ckpt"
+        torch.save(bad, path)
+        with pytest.raises(GeoguessError):
+            predict(path, data_root)
+        assert not marker.exists()
+    # 3. A pickle that would run code when loaded with weights_only=False.
+    pickled = tmp_path / "pickle.ckpt"
+    torch.save({"state_dict": {}, "geoguess": _Payload(str(marker))}, pickled)
+    with pytest.raises(CheckpointError, match="refused"):
+        predict(pickled, data_root)
+    assert not marker.exists()
+    # The same refusal for a resumed training run.
+    with pytest.raises(CheckpointError, match="refused"):
+        run_training([*FAST, *folder_data(data_root), f"ckpt_path={pickled}"], tmp_path / "r")
+    assert not marker.exists()
+
+
+def test_checkpoint_zip_holds_no_code_objects(trained):
+    """What the suite writes loads with weights_only=True (tensors and plain data)."""
+    with zipfile.ZipFile(trained["best_checkpoint"]) as archive:
+        names = archive.namelist()
+    assert any(name.endswith("data.pkl") for name in names)
+    buffer = io.BytesIO(Path(trained["best_checkpoint"]).read_bytes())
+    assert "geoguess" in torch.load(buffer, weights_only=True)

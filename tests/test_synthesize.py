@@ -176,7 +176,11 @@ def run_cli(*overrides: str) -> subprocess.CompletedProcess:
 
 def test_cli_generates_then_refuses_to_overwrite(tmp_path):
     root = tmp_path / "synthetic"
-    args = ("data.num_locations=12", "data.synthetic_image_size=24", "data.seed=4")
+    args = (
+        "data.generator.num_locations=12",
+        "data.generator.image_size=24",
+        "data.generator.seed=4",
+    )
     result = run_cli(f"data.root={root}", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
     assert f"wrote 12 synthetic locations (48 images of 24x24 px) to {root} in " in result.stdout

@@ -1,8 +1,14 @@
-"""End-to-end training runs on tiny generated datasets (CPU, a few batches each)."""
+"""End-to-end training runs on tiny generated datasets (CPU, a few batches each): every option,
+run folders that are never clobbered, resumes that reproduce, sweeps that survive a failure."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +16,8 @@ import pytest
 import torch
 
 from geoguess.errors import GeoguessError
-from geoguess.train import RESULT_KEYS
+from geoguess.results import PREDICTION_COLUMNS, RESULT_KEYS
+from tests.cli import run_module
 from tests.train_helpers import (
     FAST,
     composed,
@@ -28,57 +35,91 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def check_run_outputs(run: Path, results: dict) -> None:
-    """Everything a run promises in its directory."""
+    """Everything a run promises in its directory, checked against independent computations."""
+    from geoguess import metrics
+
     on_disk = json.loads((run / "results.json").read_text())
-    assert tuple(on_disk) == RESULT_KEYS
+    assert tuple(on_disk) == RESULT_KEYS and on_disk["status"] == "ok"
     assert on_disk == pytest.approx(results)
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert Path(results["best_checkpoint"]).is_file()
     assert Path(results["best_checkpoint"]).parent == run / "checkpoints"
     frame = pd.read_csv(run / "predictions_test.csv")
-    assert list(frame.columns) == [
-        "uuid",
-        "latitude",
-        "longitude",
-        "true_latitude",
-        "true_longitude",
-        "error_km",
-    ]
+    assert list(frame.columns) == PREDICTION_COLUMNS
     assert frame["error_km"].mean() == pytest.approx(results["test_haversine_km"], rel=1e-6)
-    assert (run / "test_errors.png").stat().st_size > 10_000
-    assert (run / "fitted.json").is_file()
-    for key in ("val_haversine_km", "test_haversine_km", "baseline_test_haversine_km"):
-        assert 0 < results[key] < 1000
-    assert (
-        0 <= results["test_acc_1km"] <= results["test_acc_25km"] <= results["test_acc_100km"] <= 1
+    assert frame["error_km_unsnapped"].mean() == pytest.approx(
+        results["test_haversine_km_unsnapped"], rel=1e-6
     )
-    assert 0 < results["test_geoguessr_score"] < 5000
-    assert results["train_seconds"] > 0
+    # Errors recomputed from the coordinates, with pyproj's ellipsoidal distance (±0.5 %).
+    from pyproj import Geod
+
+    *_, metres = Geod(ellps="WGS84").inv(
+        frame["longitude"], frame["latitude"], frame["true_longitude"], frame["true_latitude"]
+    )
+    assert (frame["error_km"] - metres / 1000).abs().max() <= 0.005 * frame["error_km"].max()
+    stats = metrics.error_stats(frame["error_km"].to_numpy())
+    assert results["test_median_km"] == pytest.approx(stats["median_km"])
+    assert results["test_acc_25km"] == pytest.approx(stats["acc_25km"])
+    assert (run / "test_errors.png").stat().st_size > 10_000
+    fitted = json.loads((run / "fitted.json").read_text())
+    assert results["num_classes"] in (None, len(fitted["grid"]["table"]["class_id"]))
+    assert results["dataset"] == fitted["info"]["dataset_key"]
+    for path in (run / "results.json", run / "predictions_test.csv", run / ".hydra/config.yaml"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
 
 
-@pytest.mark.parametrize("unfreeze", ["never", "at_epoch", "gradual"])
-@pytest.mark.parametrize("fusion", ["concat", "mean", "attention"])
-@pytest.mark.parametrize("head", ["classification", "regression"])
-def test_every_head_fusion_unfreeze_combination_trains(head, fusion, unfreeze, data_root, tmp_path):
+# The options two by two: every pair of (head, fusion, unfreeze, scheduler) values meets in at
+# least one row, and every option of image, class points and optimizer runs at least once.
+PAIRWISE = [
+    ("classification", "concat", "never", "onecycle", ["head.points=clipped"]),
+    ("classification", "mean", "at_epoch", "plateau", ["head.points=centroid"]),
+    ("classification", "attention", "gradual", "cosine", ["head.points=train_mean"]),
+    ("regression", "concat", "gradual", "plateau", ["image=56px"]),
+    ("regression", "mean", "never", "cosine", ["optimizer=adam"]),
+    ("regression", "attention", "at_epoch", "onecycle", []),
+    ("classification", "concat", "at_epoch", "none", ["head.smoothing_km=30"]),
+    ("regression", "mean", "gradual", "none", []),
+    ("classification", "attention", "never", "plateau", []),
+]
+
+
+@pytest.mark.parametrize("head, fusion, unfreeze, scheduler, extra", PAIRWISE)
+def test_options_pairwise_train_for_real(
+    head, fusion, unfreeze, scheduler, extra, data_root, tmp_path
+):
+    fast = [o for o in FAST if not (o.startswith("image.size") and "image=56px" in extra)]
     overrides = [
-        *FAST,
+        *fast,
         *folder_data(data_root),
+        "data.split_by=hash",
+        "optimizer=adamw",
         f"head={head}",
         f"model.fusion={fusion}",
         f"unfreeze={unfreeze}",
+        f"scheduler={scheduler}",
         "trainer.max_epochs=2",
+        "logger=csv",
+        *extra,
     ]
     results = run_training(overrides, tmp_path)
     check_run_outputs(tmp_path, results)
     assert results["epochs"] == 2
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    spec = checkpoint["geoguess"]["spec"]
+    assert spec["fusion"] == fusion and spec["head"]["kind"] == head
+    if "image=56px" in extra:
+        assert checkpoint["geoguess"]["fitted"]["image_size"] == 56
     if head == "classification":
-        assert (
-            results["num_classes"]
-            == json.loads((tmp_path / "fitted.json").read_text())["grid"]["table"]["class_id"][-1]
-            + 1
-        )
-    else:
-        assert results["num_classes"] is None
+        points = next((e.split("=")[1] for e in extra if e.startswith("head.points")), "clipped")
+        assert spec["head"]["points"] == points
+    if scheduler == "none":
+        assert checkpoint["lr_schedulers"] == []
+    else:  # stepped every epoch, or every batch (2 per epoch here) for onecycle
+        steps = checkpoint["lr_schedulers"][0]["last_epoch"]
+        assert steps == (2 * 2 if scheduler == "onecycle" else 2)
+    lrs = pd.read_csv(next((tmp_path / "csv").glob("version_*/metrics.csv")))
+    optimizer = "Adam" if "optimizer=adam" in extra else "AdamW"
+    for part in ("head", "backbone"):
+        assert any(c.startswith(f"lr-{optimizer}/{part}") for c in lrs.columns), lrs.columns
 
 
 class Probe:
@@ -103,15 +144,14 @@ def _fit_with_probe(cfg, run_dir: Path, epochs: int) -> tuple[list[dict], dict, 
     from hydra.utils import instantiate
 
     from geoguess.models.backbones import stage_parameters
-    from geoguess.models.module import build_module
+    from geoguess.train import build_model
 
     L.seed_everything(0)
-    country = instantiate(cfg.country)
-    dm = instantiate(
-        cfg.data, country=country, grid=instantiate(cfg.grid), image_size=32, run_dir=run_dir
+    dm = instantiate(cfg.data, _partial_=True)(
+        country=instantiate(cfg.country), grid=instantiate(cfg.grid), image_size=32, run_dir=run_dir
     )
     dm.setup("fit")
-    module = build_module(cfg, dm.fitted)
+    module = build_model(cfg, dm.fitted)
     initial = {k: v.detach().clone() for k, v in module.backbone.state_dict().items()}
     probe = Probe()
     trainer = L.Trainer(
@@ -140,12 +180,11 @@ def test_at_epoch_keeps_backbone_and_batchnorm_statistics_frozen_until_its_epoch
     overrides = [*FAST, *folder_data(data_root), "unfreeze=at_epoch", "unfreeze.epoch=1"]
     with composed(overrides, tmp_path) as cfg:
         snapshots, initial, _ = _fit_with_probe(cfg, tmp_path, epochs=2)
-    stats = [k for k in initial if k.endswith("running_mean")]
-    weights = [k for k in initial if k.endswith("weight")]
-    assert stats and weights
-    assert not _changed(initial, snapshots[0], weights + stats)  # epoch 0: frozen, eval mode
-    assert _changed(snapshots[0], snapshots[1], weights)  # epoch 1: trains
-    assert _changed(snapshots[0], snapshots[1], stats)
+    # Epoch 0: nothing of the backbone moved, running statistics included.
+    assert not any(not torch.equal(initial[k], snapshots[0][k]) for k in initial)
+    # Epoch 1: weights and running statistics train.
+    assert _changed(snapshots[0], snapshots[1], [k for k in initial if "running_mean" in k])
+    assert _changed(snapshots[0], snapshots[1], [k for k in initial if k.endswith("weight")])
 
 
 def test_gradual_unfreezes_one_more_stage_from_the_last_every_epoch(data_root, tmp_path):
@@ -175,7 +214,6 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
         "trainer.num_sanity_val_steps=0",
-        "trainer.enable_progress_bar=false",
     ]
     if experiment == "original":
         # The original's ResNeXt-101 on a GPU, shrunk to what a CPU test affords; the rest
@@ -188,90 +226,219 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
     check_run_outputs(tmp_path, results)
 
 
-def test_smoke_beats_the_baseline_twice(tmp_path):
-    """The real `experiment=smoke` (its own generated dataset), only without a logger."""
+@pytest.mark.slow
+def test_a_short_real_training_beats_the_baseline(tmp_path, monkeypatch):
+    """`experiment=smoke` on its own generated dataset, shortened: it must learn."""
+    monkeypatch.setenv("GEOGUESS_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [
         "experiment=smoke",
-        f"data.root={tmp_path / 'smoke-data'}",
         "logger=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
+        "data.generator.num_locations=400",
+        "data.num_workers=0",
+        "trainer.max_epochs=6",
     ]
     run = tmp_path / "run"
     results = run_training(overrides, run)
     check_run_outputs(run, results)
-    print("smoke results:", json.dumps(results, indent=1))
-    assert results["baseline_test_haversine_km"] >= 2 * results["test_haversine_km"], results
+    assert results["baseline_test_haversine_km"] >= 1.5 * results["test_haversine_km"], results
 
 
-def test_multirun_over_two_spacings_writes_two_runs_logged_offline_to_wandb(data_root, tmp_path):
+# -- sweeps -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sweep_writes_one_folder_per_job_and_survives_a_failed_job(data_root, tmp_path):
     args = [
         "-m",
         "grid.spacing=0.5,0.8",
+        "optimizer.lr=1e-3,-1",
         *fast_experiment(tmp_path / "conf"),
         *folder_data(data_root),
+        "data.split_by=hash",
         "logger=wandb",
     ]
     done = run_cli("train", args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    # The default layout: outputs/<command>-multirun/<time>/<num>_<overrides>
+    assert done.returncode == 1, done.stderr[-3000:]  # a job failed: the sweep says so, at the end
     (sweep,) = (tmp_path / "outputs" / "train-multirun").iterdir()
-    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in runs] == [
-        "0_data=folder,experiment=ci_fast,grid.spacing=0.5,logger=wandb",
-        "1_data=folder,experiment=ci_fast,grid.spacing=0.8,logger=wandb",
-    ]
-    results = [json.loads((run / "results.json").read_text()) for run in runs]
-    assert all(tuple(r) == RESULT_KEYS for r in results)
-    assert results[0]["num_classes"] > results[1]["num_classes"]  # finer grid, more classes
-    for run in runs:
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]  # folder names paste unquoted
+    results = [json.loads((job / "results.json").read_text()) for job in jobs]
+    texts = [(job / "job.txt").read_text().split() for job in jobs]
+    assert all("grid.spacing=0.5" in t for t in texts[:2]) and "optimizer.lr=-1" in texts[1]
+    statuses = [r["status"] for r in results]
+    assert statuses == ["ok", "failed", "ok", "failed"], [r["error"] for r in results]
+    assert "refuses optimizer.lr=-1" in results[1]["error"]
+    assert results[0]["num_classes"] > results[2]["num_classes"]  # finer grid, more classes
+    assert f"{jobs[1]}: " in done.stderr and "2 job(s) of the sweep" in done.stderr
+    for job in (jobs[0], jobs[2]):
         # One W&B run per job (wandb.finish() between them), offline, in the job's directory.
-        offline = list((run / "wandb").glob("offline-run-*"))
-        assert len(offline) == 1, list((run / "wandb").iterdir())
-    assert "wandb sync" in done.stdout
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+        # The printed checkpoint path works pasted unquoted into the next command.
+        best = json.loads((job / "results.json").read_text())["best_checkpoint"]
+        assert not set(best) & set("=, '\"")
+    assert done.stdout.count("wandb sync") == 2  # once per successful job
 
 
-def test_resume_from_last_after_a_crash_mid_epoch(data_root, tmp_path, monkeypatch):
-    from geoguess.models.module import GeoguessModule
+# -- run folders --------------------------------------------------------------------------------
 
-    overrides = [
-        *FAST,
-        *folder_data(data_root),
-        "trainer.max_epochs=3",
-        "scheduler=plateau",
-        "logger=csv",
-    ]
-    original_step = GeoguessModule.training_step
-    epochs_run = []
 
-    def crashing_step(self, batch, batch_idx):
-        if self.current_epoch == 2 and batch_idx == 1:
-            raise RuntimeError("simulated crash in the middle of epoch 2")
-        return original_step(self, batch, batch_idx)
+def _digest(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
-    def counting_start(self):
-        epochs_run.append(self.current_epoch)
 
-    monkeypatch.setattr(GeoguessModule, "on_train_epoch_start", counting_start, raising=False)
-    monkeypatch.setattr(GeoguessModule, "training_step", crashing_step)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(overrides, tmp_path)
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert not (tmp_path / "results.json").exists()
-    assert epochs_run == [0, 1, 2]
+def test_run_folders_are_never_clobbered(data_root, tmp_path):
+    base = [*FAST, *folder_data(data_root), "data.split_by=hash"]
+    finished = tmp_path / "finished"
+    run_training(base, finished)
+    before = _digest(finished)
+    for extra in ([], ["ckpt_path=last"], ["trainer.max_epochs=3"]):
+        with pytest.raises(GeoguessError, match="holds a finished run"):
+            run_training([*base, *extra], finished)
+    assert _digest(finished) == before  # the record still matches the results
 
-    monkeypatch.setattr(GeoguessModule, "training_step", original_step)
-    results = run_training([*overrides, "ckpt_path=last"], tmp_path)
-    assert epochs_run == [0, 1, 2, 2]  # only the interrupted epoch ran again
-    check_run_outputs(tmp_path, results)
-    assert results["epochs"] == 3
-    # The interrupted session's metrics are kept beside the resumed session's.
-    first = pd.read_csv(tmp_path / "csv" / "metrics.csv")
-    resumed = pd.read_csv(tmp_path / "csv" / "resumed-1" / "metrics.csv")
-    assert set(first["epoch"].dropna()) == {0, 1, 2}
-    assert min(resumed["epoch"].dropna()) == 2  # (the test metrics come after, at epoch 3)
-    assert {"train/loss", "val/loss", "val/haversine_km", "val/median_km"} <= set(first.columns)
-    assert {"test/haversine_km", "test/median_km", "test/acc_25km"} <= set(resumed.columns)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / "checkpoints").mkdir()
+    (interrupted / "checkpoints" / "last.ckpt").write_bytes(b"precious")
+    with pytest.raises(GeoguessError, match="holds an interrupted run; resume it with"):
+        run_training(base, interrupted)
+    assert (interrupted / "checkpoints" / "last.ckpt").read_bytes() == b"precious"
+    assert not (interrupted / ".hydra").exists()
+
+    with pytest.raises(GeoguessError, match="ckpt_path=last: there is no"):
+        run_training([*base, "ckpt_path=last"], tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").iterdir())
+
+
+def test_checkpoints_from_other_settings_and_damaged_ones_are_clear_errors(data_root, tmp_path):
+    base = [*FAST, *folder_data(data_root), "data.split_by=hash", "grid.spacing=0.3"]
+    source = tmp_path / "source"
+    run_training(base, source)
+    last = source / "checkpoints" / "last.ckpt"
+    with pytest.raises(GeoguessError) as error:
+        run_training([*base[:-1], "grid.spacing=0.8", f"ckpt_path={last}"], tmp_path / "a")
+    assert "grid: {" in str(error.value) and "'spacing': 0.3" in str(error.value)
+    with pytest.raises(GeoguessError, match="model.fusion|fusion: 'concat' in the checkpoint"):
+        run_training([*base, "model.fusion=mean", f"ckpt_path={last}"], tmp_path / "b")
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(GeoguessError, match="truncated or damaged"):
+        run_training([*base, f"ckpt_path={damaged}"], tmp_path / "c")
+
+
+def test_a_resume_into_a_new_folder_keeps_the_checkpoints_fit(data_root, tmp_path):
+    base = [*FAST, *folder_data(data_root), "data.split_by=hash", "trainer.max_epochs=1"]
+    source = tmp_path / "source"
+    run_training(base, source)
+    fitted_then = json.loads((source / "fitted.json").read_text())
+    # Today's data changed (one location less): the resumed run still uses the old fit.
+    frame = pd.read_csv(data_root / "data.csv", index_col=0)
+    smaller = tmp_path / "smaller"
+    smaller.mkdir()
+    frame.iloc[1:].to_csv(smaller / "data.csv")
+    (smaller / "images").symlink_to(data_root / "images")
+    resumed = tmp_path / "resumed"
+    last = source / "checkpoints" / "last.ckpt"
+    overrides = [*base[:-1], "trainer.max_epochs=2", f"data.root={smaller}", f"ckpt_path={last}"]
+    results = run_training(overrides, resumed)
+    assert results["epochs"] == 2
+    assert json.loads((resumed / "fitted.json").read_text())["grid"] == fitted_then["grid"]
+    assert json.loads((resumed / "fitted.json").read_text())["targets"] == fitted_then["targets"]
+
+
+# -- resume reproduces --------------------------------------------------------------------------
+
+
+RESUME = [
+    "backbone=tiny",
+    "logger=csv",
+    "image.size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.split_by=hash",
+    "trainer.max_epochs=4",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+def _train_cli(args: list[str], out: Path, stop: Path | None = None, sig=None):
+    """`python -m geoguess.train`; with `stop`, killed by `sig` in the middle of epoch 2."""
+    if stop is None:
+        return run_cli("train", [*args, f"hydra.run.dir={out}"], cwd=out.parent)
+    waiter = (
+        f"+callbacks.stop={{_target_: tests.stop_callback.WaitToBeKilled, epoch: 2, batch: 3, "
+        f"marker: {stop}}}"
+    )
+    from tests.cli import command_env
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geoguess.train", *args, waiter, f"hydra.run.dir={out}"],
+        cwd=out.parent,
+        env=command_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not stop.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig, scheduler",
+    [(signal.SIGKILL, "onecycle"), (signal.SIGINT, "plateau scheduler.patience=0")],
+)
+def test_a_killed_run_resumes_to_the_uninterrupted_results(sig, scheduler, data_root, tmp_path):
+    args = [*RESUME, *folder_data(data_root), *f"scheduler={scheduler}".split()]
+    whole = _train_cli(args, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    code, stderr = _train_cli(args, tmp_path / "killed", tmp_path / "marker", sig)
+    if sig == signal.SIGINT:
+        assert code == 130 and "resume with: python -m geoguess.train hydra.run.dir=" in stderr
+    assert not (tmp_path / "killed" / "results.json").exists()
+    resumed = _train_cli([*args, "ckpt_path=last"], tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((tmp_path / "killed" / "results.json").read_text())
+    ignore = {"best_checkpoint", "train_seconds"}
+    assert {k: v for k, v in a.items() if k not in ignore} == {
+        k: v for k, v in b.items() if k not in ignore
+    }
+    assert (tmp_path / "killed" / ".hydra" / "resume-1" / "overrides.yaml").is_file()
+    assert "ckpt_path=last" not in (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau scheduler.patience=0"])
+def test_an_interrupted_run_resumes_in_process_to_the_same_results(scheduler, data_root, tmp_path):
+    """Ctrl+C inside the process (Lightning's graceful stop), then `ckpt_path=last`."""
+    from tests.stop_callback import raise_keyboard_interrupt_at
+
+    args = [*RESUME, *folder_data(data_root), *f"scheduler={scheduler}".split()]
+    whole = run_training(args, tmp_path / "whole")
+    interrupt = raise_keyboard_interrupt_at(epoch=2, batch=1)
+    with pytest.raises(GeoguessError, match="interrupted; resume with"):
+        run_training([*args, interrupt], tmp_path / "cut")
+    resumed = run_training([*args, "ckpt_path=last"], tmp_path / "cut")
+    ignore = {"best_checkpoint", "train_seconds"}
+    assert {k: v for k, v in whole.items() if k not in ignore} == {
+        k: v for k, v in resumed.items() if k not in ignore
+    }
+    # The CSV logger numbered the resumed session itself; the first session's file is kept.
+    versions = sorted(p.name for p in (tmp_path / "cut" / "csv").iterdir())
+    assert versions == ["version_0", "version_1"]
+
+
+# -- failures and output ------------------------------------------------------------------------
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(data_root, tmp_path, monkeypatch):
@@ -282,23 +449,39 @@ def test_nan_loss_stops_the_run_with_a_clear_message(data_root, tmp_path, monkey
     )
     with pytest.raises(GeoguessError, match="training loss became nan.*lower optimizer.lr"):
         run_training([*FAST, *folder_data(data_root)], tmp_path)
-    assert not (tmp_path / "results.json").exists()
+    failed = json.loads((tmp_path / "results.json").read_text())
+    assert failed["status"] == "failed" and "training loss became nan" in failed["error"]
 
 
-def test_finished_runs_are_never_clobbered_and_resume_needs_a_checkpoint(data_root, tmp_path):
-    (tmp_path / "results.json").write_text("{}")
-    with pytest.raises(GeoguessError, match="already holds a finished run"):
-        run_training([*FAST, *folder_data(data_root)], tmp_path)
-    fresh = tmp_path / "fresh"
-    with pytest.raises(GeoguessError, match="ckpt_path=last: there is no"):
-        run_training([*FAST, *folder_data(data_root), "ckpt_path=last"], fresh)
-
-
-def test_configuration_errors_raised_inside_targets_are_clear(data_root, tmp_path):
+def test_configuration_errors_are_clear(data_root, tmp_path):
     with pytest.raises(GeoguessError, match="neither one of"):
-        run_training([*FAST, *folder_data(data_root), "backbone.name=no_such_net"], tmp_path)
+        run_training([*FAST, *folder_data(data_root), "backbone.name=no_such_net"], tmp_path / "a")
     with pytest.raises(GeoguessError, match="data.root must be given"):
-        run_training([*FAST, "data=folder"], tmp_path)
+        run_training([*FAST, "data=folder"], tmp_path / "b")
     if not torch.cuda.is_available():
         with pytest.raises(GeoguessError, match="trainer=cpu runs without one"):
-            run_training([*FAST, *folder_data(data_root), "trainer=gpu"], tmp_path)
+            run_training([*FAST, *folder_data(data_root), "trainer=gpu"], tmp_path / "c")
+
+
+def test_a_mistyped_data_root_is_an_error_and_creates_nothing(tmp_path):
+    typo = tmp_path / "typo"
+    done = run_cli("train", ["backbone=tiny", f"data.root={typo}"], cwd=tmp_path)
+    assert done.returncode == 2 and f"data.root={typo} holds no dataset" in done.stderr
+    assert "Traceback" not in done.stderr and not typo.exists()
+
+
+def test_piped_output_has_a_line_per_epoch_and_little_else(data_root, tmp_path):
+    overrides = [*FAST, *folder_data(data_root), "trainer.max_epochs=2", "logger=csv"]
+    done = run_module(
+        "geoguess.train",
+        *[o for o in overrides if "enable_progress_bar" not in o],
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert output.count("epoch 1/2") == 1 and output.count("epoch 2/2") == 1
+    assert "Tip" not in output and "Test metric" not in output
+    assert len(output.strip().splitlines()) <= 25, output
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "epoch 2/2" in log and "val" in log

@@ -87,8 +87,6 @@ def composed(overrides: list[str], run_dir: Path, config_name: str = "train"):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import geoguess.models.schema  # noqa: F401 - the schemas the group files extend
-
     run_dir = Path(run_dir)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=config_name):
         cfg = compose(
@@ -105,11 +103,12 @@ def composed(overrides: list[str], run_dir: Path, config_name: str = "train"):
 
 
 def run_training(overrides: list[str], run_dir: Path) -> dict:
-    """`geoguess.train.train` in this process; returns its results dict."""
-    from geoguess.train import train
+    """`python -m geoguess.train OVERRIDES hydra.run.dir=RUN_DIR`, in this process; returns
+    its results dict."""
+    from geoguess.train import run_job
 
     with composed(overrides, run_dir) as cfg:
-        return train(cfg)
+        return run_job(cfg)
 
 
 def run_cli(

@@ -13,12 +13,12 @@ import re
 import sys
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from geoguess import runs
 from geoguess.collect.pipeline import CollectSettings, collect
 from geoguess.collect.streetview import API_KEY_ENV, SIGNING_SECRET_ENV, Credentials
-from geoguess.utils.cli import CONFIG_PATH, run_dir, user_errors
+from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 from geoguess.utils.io import write_json_atomic
 
 _SECRET_NAME = re.compile(r"(key|secret|signature)$", re.IGNORECASE)
@@ -41,6 +41,7 @@ def refuse_secret_overrides(argv: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path=os.path.join("..", CONFIG_PATH), config_name="collect")
 @user_errors
 def main(cfg: DictConfig) -> int:
+    out = runs.claim(cfg)
     settings = CollectSettings.from_config(OmegaConf.to_container(cfg.collect, resolve=True))
     credentials = Credentials.from_env()
     country = instantiate(cfg.country)
@@ -50,7 +51,7 @@ def main(cfg: DictConfig) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
-    write_json_atomic(run_dir() / "summary.json", summary.to_dict(), overwrite=True)
+    write_json_atomic(out / "summary.json", summary.to_dict(), overwrite=True)
     print(summary.report())
     return summary.collected
 

@@ -1,7 +1,8 @@
-"""Datasets: the on-disk format, validation, splits, image cache and the Lightning datamodule.
+"""Datasets: the on-disk format, validation, splits, image cache and the Lightning data modules.
 
 Exports are resolved lazily so that light modules (`geoguess.data.io`, `.cache`, decode
-workers, the synthetic generator) do not pay for importing torch and Lightning.
+workers, the synthetic generator, the validate command) do not pay for importing torch and
+Lightning.
 """
 
 from __future__ import annotations
@@ -11,27 +12,31 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "DataError": "geoguess.data.io",
-    "FittedData": "geoguess.data.datamodule",
-    "GeoguesserDataModule": "geoguess.data.datamodule",
+    "FittedData": "geoguess.data.fitted",
+    "FolderDataModule": "geoguess.data.datamodule",
+    "GeoDataModule": "geoguess.data.datamodule",
+    "SyntheticDataModule": "geoguess.data.synthetic_datamodule",
     "GeoguesserDataset": "geoguess.data.dataset",
-    "PredictionDataModule": "geoguess.data.datamodule",
-    "ValidationReport": "geoguess.data.validate",
+    "ValidationReport": "geoguess.data.validation",
 }
 
 __all__ = [
     "DataError",
     "FittedData",
-    "GeoguesserDataModule",
+    "FolderDataModule",
+    "GeoDataModule",
     "GeoguesserDataset",
-    "PredictionDataModule",
+    "SyntheticDataModule",
     "ValidationReport",
 ]
 
 if TYPE_CHECKING:
-    from geoguess.data.datamodule import FittedData, GeoguesserDataModule, PredictionDataModule
+    from geoguess.data.datamodule import FolderDataModule, GeoDataModule
     from geoguess.data.dataset import GeoguesserDataset
+    from geoguess.data.fitted import FittedData
     from geoguess.data.io import DataError
-    from geoguess.data.validate import ValidationReport
+    from geoguess.data.synthetic_datamodule import SyntheticDataModule
+    from geoguess.data.validation import ValidationReport
 
 
 def __getattr__(name: str):

@@ -245,7 +245,9 @@ def _all_paths(frame: pd.DataFrame) -> list[list[str]]:
 def _progress(iterable, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="loc", disable=not enabled, leave=False)
+    return tqdm(
+        iterable, total=total, desc=desc, unit="loc", disable=None if enabled else True, leave=False
+    )
 
 
 # ---------------------------------------------------------------------------------------------

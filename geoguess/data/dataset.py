@@ -126,6 +126,7 @@ class GeoguesserDataset(Dataset):
             "target": torch.tensor(self.targets[i]),
             "class_id": torch.tensor(self.class_ids[i], dtype=torch.int64),
             "uuid": self.uuids[i],
+            "index": torch.tensor(i, dtype=torch.int64),
         }
 
     def collate(self, items: list[dict | None]) -> dict:
@@ -140,4 +141,5 @@ class GeoguesserDataset(Dataset):
             "target": torch.zeros((0, 2), dtype=torch.float32),
             "class_id": torch.zeros(0, dtype=torch.int64),
             "uuid": [],
+            "index": torch.zeros(0, dtype=torch.int64),
         }

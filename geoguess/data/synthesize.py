@@ -24,12 +24,11 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from geoguess.errors import GeoguessError
 from geoguess.geo.boundary import Country
-from geoguess.utils.cli import CONFIG_PATH, user_errors
+from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 
 HEADINGS = (0, 90, 180, 270)
 GENERATOR_VERSION = "synthetic-v1"  # bump when the output of a given seed changes
@@ -129,6 +128,14 @@ def sample_locations(country: Country, n: int, seed: int) -> tuple[np.ndarray, n
     return np.concatenate(lats)[:n], np.concatenate(lons)[:n]
 
 
+def dataset_key(country: Country, num_locations: int, seed: int, image_size: int) -> str:
+    """The cache folder name of a generated set: generator version, settings and the country
+    (its outline's fingerprint), so that no set is reused for another country or generator."""
+    return (
+        f"{GENERATOR_VERSION}-n{num_locations}-seed{seed}-{image_size}px-{country.fingerprint[:12]}"
+    )
+
+
 def location_uuids(n: int, seed: int) -> list[str]:
     return [str(uuid.uuid5(UUID_NAMESPACE, f"{GENERATOR_VERSION}/{seed}/{i}")) for i in range(n)]
 
@@ -144,7 +151,10 @@ def _render_all(partial: Path, uuids, scenes, seed, image_size, workers, progres
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=len(uuids), desc="rendering synthetic locations", unit="loc", disable=not progress
+        total=len(uuids),
+        desc="rendering synthetic locations",
+        unit="loc",
+        disable=None if progress else True,
     )
     with bar:
         if workers == 1 or len(tasks) == 1:
@@ -217,23 +227,29 @@ def _move_into_place(partial: Path, root: Path, overwrite: bool) -> None:
 @hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="synthesize")
 @user_errors
 def main(cfg: DictConfig) -> Path:
+    from geoguess import runs
+
+    runs.claim(cfg)
     data = cfg.data
     root = data.root
+    if root is None:
+        raise SynthesizeError("give the folder to generate into: data.root=PATH")
     if not isinstance(root, str):
         raise SynthesizeError(f"data.root must be one folder to generate into, not {list(root)}")
     start = time.perf_counter()
+    generator = data.generator
     out = generate(
         root,
-        num_locations=data.num_locations,
-        seed=data.seed,
+        num_locations=generator.num_locations,
+        seed=generator.seed,
         country=instantiate(cfg.country),
-        image_size=data.synthetic_image_size,
+        image_size=generator.image_size,
         workers=max(1, int(data.get("num_workers", 2))),
         overwrite=bool(cfg.overwrite),
     )
-    size = data.synthetic_image_size
+    size = generator.image_size
     print(
-        f"wrote {data.num_locations} synthetic locations ({4 * data.num_locations} images of "
+        f"wrote {generator.num_locations} synthetic locations ({4 * generator.num_locations} images of "
         f"{size}x{size} px) to {out} in {time.perf_counter() - start:.1f} s"
     )
     return out

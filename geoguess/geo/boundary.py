@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +18,9 @@ DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_BOUNDARY = DATA_DIR / "croatia.geojson"
 DEFAULT_NEIGHBOURS = DATA_DIR / "croatia_and_neighbours.geojson"
 DEFAULT_CRS = "EPSG:3765"  # HTRS96 / Croatia TM
+# Points snapped onto land land this far inside the border, so that they test as inside
+# beyond floating-point doubt after the round trip through the projection.
+INLAND_MARGIN_M = 25.0
 
 
 class BoundaryError(GeoguessError, ValueError):
@@ -61,16 +66,46 @@ def load_regions(path: str | Path | None = None) -> list[tuple[str, BaseGeometry
 
 @dataclass(frozen=True)
 class Country:
-    """A country outline with its metric projection; built from the `country` config group."""
+    """A country outline with its metric projection; built from the `country` config group.
+
+    `geojson` holds the outline itself when it came from a checkpoint (`from_dict`), so that a
+    model predicts on a machine without the boundary file it was trained with.
+    """
 
     boundary: str | None = None
     crs: str = DEFAULT_CRS
     name: str = "Croatia"
     neighbours: str | None = None
+    geojson: str | None = None
 
     @cached_property
     def geometry(self) -> BaseGeometry:
+        if self.geojson is not None:
+            return shapely.from_geojson(self.geojson)
         return load_boundary(self.boundary)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the outline and the CRS: the same country whatever file it came from."""
+        digest = hashlib.sha256(str(self.crs).encode())
+        digest.update(shapely.to_wkb(shapely.normalize(self.geometry), output_dimension=2))
+        return digest.hexdigest()
+
+    def to_dict(self) -> dict:
+        """Plain data (the outline as GeoJSON text) from which `from_dict` rebuilds it."""
+        return {
+            "name": self.name,
+            "crs": str(self.crs),
+            "geojson": shapely.to_geojson(self.geometry),
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Country:
+        geojson = data["geojson"]
+        if not isinstance(geojson, str):
+            geojson = json.dumps(geojson)
+        return cls(name=str(data["name"]), crs=str(data["crs"]), geojson=geojson)
 
     @cached_property
     def projector(self):
@@ -103,3 +138,25 @@ class Country:
 
     def contains(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return shapely.contains_xy(self.geometry, np.asarray(lon), np.asarray(lat))
+
+    @cached_property
+    def _inland(self) -> BaseGeometry:
+        inland = self.projected_geometry.buffer(-INLAND_MARGIN_M)
+        inland = inland if not inland.is_empty else self.projected_geometry
+        shapely.prepare(inland)
+        return inland
+
+    def snap_to_land(self, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Points off the country moved to its nearest point (a few metres inland).
+
+        Returns (latitude, longitude, moved): points inside are returned unchanged.
+        """
+        lat = np.array(lat, dtype=np.float64, copy=True)
+        lon = np.array(lon, dtype=np.float64, copy=True)
+        moved = ~self.contains(lat, lon)
+        if moved.any():
+            x, y = self.projector.forward(lat[moved], lon[moved])
+            lines = shapely.shortest_line(self._inland, shapely.points(x, y))
+            nearest = shapely.get_coordinates(shapely.get_point(lines, 0))
+            lat[moved], lon[moved] = self.projector.inverse(nearest[:, 0], nearest[:, 1])
+        return lat, lon, moved

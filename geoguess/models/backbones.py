@@ -51,6 +51,8 @@ def create_backbone(
     `pretrained_file` loads local weights (a `.pth`/`.safetensors` file of the same architecture)
     through timm's `pretrained_cfg_overlay`, for machines that cannot download them.
     """
+    if not isinstance(pretrained, bool):
+        raise BackboneError(f"backbone.pretrained={pretrained!r} must be true or false")
     arch = timm_name(name)
     kwargs: dict = {"pretrained": bool(pretrained or pretrained_file), "num_classes": 0}
     if pretrained_file:

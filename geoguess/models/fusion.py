@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from geoguess.errors import GeoguessError
+
 NUM_VIEWS = 4
 
 
@@ -61,5 +63,7 @@ FUSIONS: dict[str, Callable[[int], nn.Module]] = {
 def create_fusion(name: str, features: int) -> nn.Module:
     """The fusion module `name` for `features`-wide view vectors; `.out_features` is its width."""
     if name not in FUSIONS:
-        raise ValueError(f"model.fusion={name!r} is not one of {', '.join(FUSIONS)}")
-    return FUSIONS[name](features)
+        raise GeoguessError(f"model.fusion={name!r} is not one of {', '.join(FUSIONS)}")
+    fusion = FUSIONS[name](features)
+    fusion.name = name
+    return fusion

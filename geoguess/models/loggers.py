@@ -1,7 +1,10 @@
 """Experiment loggers, built from `conf/logger/*.yaml`.
 
 W&B runs online when the user is logged in and offline otherwise (saying how to upload later);
-`WANDB_MODE` in the environment always wins.
+`WANDB_MODE` in the environment always wins. A run folder keeps its W&B run id
+(`wandb-run-id`), so a resumed run continues the same W&B run; in a sweep each job is its own
+W&B run, named after its overrides, in a group named after the sweep, with the swept settings as
+top-level config keys (ready for W&B's parallel-coordinates and grouping panels).
 """
 
 from __future__ import annotations
@@ -13,6 +16,18 @@ from pathlib import Path
 from geoguess.errors import GeoguessError
 
 log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb-run-id"
+
+
+def build_loggers(cfg) -> list:
+    """The configured logger as a list (empty for `logger=none`)."""
+    from geoguess.utils.cli import instantiate
+
+    node = cfg.get("logger")
+    if not node:
+        return []
+    return [instantiate(node)]
 
 
 def wandb_logger(
@@ -33,15 +48,30 @@ def wandb_logger(
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
         log.warning("W&B: not logged in (run `wandb login`), so this run is logged offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    overrides = _overrides()
+    logger = WandbLogger(
         save_dir=str(save_dir),
         project=project,
         group=group or sweep_name(),
-        name=name or job_name(),
+        name=name or run_name(overrides, save_dir),
         tags=list(tags or []),
         mode=mode,
         job_type=job_type,
+        id=_run_id(Path(save_dir)),
+        resume="allow",
+        # W&B's own footer repeats the sync hint printed by `finish`.
+        settings=_quiet_settings(),
     )
+    # Lightning still passes wandb's retired `anonymous` setting, which makes wandb warn.
+    logger._wandb_init.pop("anonymous", None)
+    logger.swept = _swept_values(overrides)
+    return logger
+
+
+def _quiet_settings():
+    import wandb
+
+    return wandb.Settings(quiet=True)
 
 
 def _logged_in() -> bool:
@@ -51,6 +81,20 @@ def _logged_in() -> bool:
         return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # noqa: BLE001 - any trouble reading credentials means offline
         return False
+
+
+def _run_id(folder: Path) -> str:
+    """The W&B run id of this run folder, made on first use and kept for resumed runs."""
+    path = folder / RUN_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    import secrets
+
+    from geoguess.utils.io import write_text_atomic
+
+    run_id = secrets.token_hex(6)
+    write_text_atomic(path, run_id + "\n")
+    return run_id
 
 
 def sweep_name() -> str | None:
@@ -63,10 +107,31 @@ def sweep_name() -> str | None:
     return f"{hc.job.name}-{Path(hc.sweep.dir).name}"
 
 
-def job_name() -> str | None:
-    """The run folder's name (the sweep job's overrides in a multirun)."""
+def run_name(overrides: list[str], save_dir: str | Path) -> str:
+    """The overrides that make this run what it is, else the run folder's name."""
+    shown = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("hydra.")]
+    return " ".join(shown) if shown else Path(save_dir).name
+
+
+def _swept_values(overrides: list[str]) -> dict:
+    """`{"grid.spacing": 0.5, ...}`: each override as a top-level W&B config key."""
+    import yaml
+
+    values = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if sep and not key.startswith("hydra."):
+            try:
+                values[key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                values[key] = value
+    return values
+
+
+def _overrides() -> list[str]:
     hc = _hydra_config()
-    return Path(hc.runtime.output_dir).name if hc is not None else None
+    return list(hc.overrides.task) if hc is not None else []
 
 
 def _hydra_config():
@@ -75,38 +140,9 @@ def _hydra_config():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def tensorboard_logger(save_dir: str, name: str = "tensorboard"):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError:
-            raise GeoguessError(
-                "logger=tensorboard needs the tensorboard package: pip install tensorboard "
-                "(or use logger=csv / logger=wandb)"
-            ) from None
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return TensorBoardLogger(save_dir=str(save_dir), name=name, version="")
-
-
-def csv_logger(save_dir: str, name: str = "csv"):
-    """`<run>/csv/metrics.csv`; a resumed run writes `csv/resumed-<k>/metrics.csv` instead,
-    because Lightning's CSV logger would delete the interrupted run's file."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    folder = Path(save_dir) / name
-    version, k = "", 0
-    while (folder / version / "metrics.csv").exists():
-        k += 1
-        version = f"resumed-{k}"
-    return CSVLogger(save_dir=str(save_dir), name=name, version=version)
-
-
 def finish(loggers) -> None:
-    """End the W&B run of this job (a multirun's next job must start a new one) and say where
-    an offline run lies and how to upload it."""
+    """End the W&B run of this job (a multirun's next job must start a new one) and say once
+    where an offline run lies and how to upload it."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in loggers or []:

@@ -1,4 +1,10 @@
-"""`GeoguessModule`: backbone over the four views, fusion, head; metrics in km."""
+"""`GeoguessModule`: backbone over the four views, fusion, head; metrics in km.
+
+A checkpoint holds, besides the weights, the module's `spec` (backbone name, fusion, head kind
+and settings, input statistics: plain values) and the `fitted` data. `build_from_spec` rebuilds
+the module from those through the suite's own registries (timm's model names, `FUSIONS`,
+`HEADS`) and nothing else, so loading someone's checkpoint never runs code of their choosing.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,13 @@ from torch import nn
 
 from geoguess import metrics
 from geoguess.errors import GeoguessError
-from geoguess.models.fusion import create_fusion
+from geoguess.models.fusion import FUSIONS, create_fusion
+from geoguess.models.heads import build_head, no_autocast
 
 CHECKPOINT_KEY = "geoguess"
+CHECKPOINT_VERSION = 2
 MONITOR = "val/haversine_km"
+NORMALIZE = ("auto", "pretrained", "dataset")
 
 
 class NonFiniteLossError(GeoguessError):
@@ -27,10 +36,9 @@ class NonFiniteLossError(GeoguessError):
 class GeoguessModule(L.LightningModule):
     """Four views -> one shared backbone -> fused features -> head.
 
-    Images arrive as `uint8 [B, 4, 3, H, W]` and are normalised here, on the module's device,
-    with the training split's statistics. `fitted` (a `FittedData`) and `config` (the resolved
-    run config, plain containers) are stored in every checkpoint so that prediction needs
-    nothing else.
+    Images arrive as `uint8 [B, 4, 3, H, W]` (or float in 0..255) and are normalised here, on
+    the module's device, with `input_mean/std`: the backbone's own statistics when it is
+    pretrained (`normalize=auto|pretrained`), else the training split's.
     """
 
     def __init__(
@@ -40,29 +48,34 @@ class GeoguessModule(L.LightningModule):
         fitted: Any,
         fusion: str = "concat",
         dropout: float = 0.0,
+        normalize: str = "auto",
         channels_last: bool | None = None,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         backbone_lr: float | None = None,
+        pretrained: bool = False,
+        input_stats: tuple[tuple, tuple] | None = None,
         config: dict | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fusion = create_fusion(getattr(fusion, "name", fusion), backbone.num_features)
+        self.fusion = create_fusion(fusion, backbone.num_features)
         self.dropout = nn.Dropout(float(dropout)) if dropout else nn.Identity()
-        self.head = head(self.fusion.out_features, grid=fitted.grid, targets=fitted.targets)
+        self.head = head(
+            self.fusion.out_features,
+            grid=fitted.grid,
+            targets=fitted.targets,
+            country=fitted.country,
+        )
         self.fitted = fitted
         self.config = config or {}
         self.channels_last = channels_last
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.backbone_lr = backbone_lr
-        self.register_buffer(
-            "image_mean", torch.tensor(fitted.image_mean).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "image_std", torch.tensor(fitted.image_std).view(1, 3, 1, 1), persistent=False
-        )
+        mean, std = input_stats or _input_stats(backbone, fitted, normalize, pretrained)
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
         self.test_predictions: pd.DataFrame | None = None
         self.test_metrics: dict[str, float] = {}
@@ -70,14 +83,15 @@ class GeoguessModule(L.LightningModule):
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`uint8 [B, 4, 3, H, W]` -> head output (logits or normalised x, y)."""
+        """`[B, 4, 3, H, W]` in 0..255 -> head output (logits or normalised x, y)."""
         b, v = images.shape[:2]
         x = images.flatten(0, 1)  # the four views go through the backbone as one batch
-        x = (x.float() / 255.0 - self.image_mean) / self.image_std
+        x = (x.float() / 255.0 - self.input_mean) / self.input_std
         if self._use_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x).reshape(b, v, -1)
-        return self.head(self.dropout(self.fusion(features)))
+        with no_autocast(features):  # fusion and head in float32 (see heads.py)
+            return self.head(self.dropout(self.fusion(features.float())))
 
     def _use_channels_last(self) -> bool:
         if self.channels_last is None:
@@ -129,7 +143,7 @@ class GeoguessModule(L.LightningModule):
             {
                 "xy": self.head.to_projected(output).detach(),
                 "latlon": batch["latlon"].to(torch.float64),
-                "uuid": list(batch["uuid"]),
+                "index": batch["index"].to(torch.int64),
             }
         )
 
@@ -156,35 +170,49 @@ class GeoguessModule(L.LightningModule):
         if frame is None:
             return
         stats = metrics.error_stats(frame["error_km"].to_numpy())
-        stats["geoguessr_score"] = metrics.geoguessr_score(
-            frame["error_km"].to_numpy(), self._diagonal_km()
-        )
+        diagonal = self.fitted.country.diagonal_km
+        stats["geoguessr_score"] = metrics.geoguessr_score(frame["error_km"].to_numpy(), diagonal)
+        if frame["snapped"].any():
+            stats["haversine_km_unsnapped"] = float(frame["error_km_unsnapped"].mean())
         for name, value in stats.items():
             self.log(f"test/{name}", value, sync_dist=True)
         self.test_metrics = stats
         self.test_predictions = frame
 
-    def _diagonal_km(self) -> float:
-        from geoguess.geo import Country
-
-        country = self.config.get("country") or {}
-        country = {k: v for k, v in country.items() if k != "_target_"}
-        return Country(**country).diagonal_km
-
     def _gather_frame(self, stage: str) -> pd.DataFrame | None:
-        """Every location of the epoch (all ranks): predictions, truth and error in km."""
+        """Every location of the epoch (all ranks, each once): predictions, truth, km."""
         outputs, self._outputs[stage] = self._outputs[stage], []
+        device = self.device
         if outputs:
-            xy = torch.cat([o["xy"] for o in outputs]).cpu().numpy()
-            latlon = torch.cat([o["latlon"] for o in outputs]).cpu().numpy()
-            uuids = [u for o in outputs for u in o["uuid"]]
+            xy = torch.cat([o["xy"] for o in outputs])
+            latlon = torch.cat([o["latlon"] for o in outputs])
+            index = torch.cat([o["index"] for o in outputs])
         else:
-            xy, latlon, uuids = np.zeros((0, 2)), np.zeros((0, 2)), []
-        xy, latlon, uuids = _all_ranks(self.trainer, (xy, latlon, uuids))
-        if not uuids:
+            xy = torch.zeros((0, 2), dtype=torch.float64, device=device)
+            latlon, index = xy.clone(), torch.zeros(0, dtype=torch.int64, device=device)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            xy, latlon, index = (_gather_uneven(t) for t in (xy, latlon, index))
+        index = index.cpu().numpy()
+        if not len(index):
             return None
-        lat, lon = self.head.targets.unproject(xy)
-        return metrics.prediction_frame(uuids, lat, lon, latlon[:, 0], latlon[:, 1])
+        # DistributedSampler pads ranks with repeated locations: count each location once.
+        _, first = np.unique(index, return_index=True)
+        xy, latlon, index = xy.cpu().numpy()[first], latlon.cpu().numpy()[first], index[first]
+        uuids = self._split_uuids(stage)
+        lat, lon, snapped = self.head.decode(xy)
+        frame = metrics.prediction_frame(
+            [uuids[i] for i in index], lat, lon, latlon[:, 0], latlon[:, 1]
+        )
+        raw_lat, raw_lon = self.head.targets.unproject(xy)
+        frame["snapped"] = snapped
+        frame["error_km_unsnapped"] = metrics.prediction_frame(
+            frame["uuid"], raw_lat, raw_lon, latlon[:, 0], latlon[:, 1]
+        )["error_km"].to_numpy()
+        return frame
+
+    def _split_uuids(self, stage: str) -> list[str]:
+        datamodule = self.trainer.datamodule
+        return datamodule.datasets[stage].uuids
 
     # -- optimisation -------------------------------------------------------------------------
 
@@ -193,19 +221,31 @@ class GeoguessModule(L.LightningModule):
         return factory.keywords.get("lr") if isinstance(factory, partial) else None
 
     def param_groups(self) -> list[dict]:
-        """Head and fusion at `optimizer.lr`; the backbone in its own group at `backbone_lr`.
+        """Head and fusion at `optimizer.lr`; the backbone in its own groups at `backbone_lr`;
+        biases and normalisation weights without weight decay (timm's grouping).
 
         Every parameter is registered from the start, frozen ones included (a parameter
         without gradient is skipped by the optimizer), so that unfreezing needs no new group
         and schedulers and resumed optimizer states always see the same groups.
         """
-        backbone = [p for p in self.backbone.parameters()]
-        ids = {id(p) for p in backbone}
-        rest = [p for p in self.parameters() if id(p) not in ids]
-        group = {"params": backbone, "name": "backbone"}
-        if self.backbone_lr is not None:
-            group["lr"] = float(self.backbone_lr)
-        return [{"params": rest, "name": "head"}, group]
+        from timm.optim import param_groups_weight_decay
+
+        factory = self.optimizer_factory
+        keywords = factory.keywords if isinstance(factory, partial) else {}
+        weight_decay = keywords.get("weight_decay", 0.0)
+        rest = nn.ModuleDict({"fusion": self.fusion, "head": self.head})
+        groups = []
+        for name, part, lr in (
+            ("head", rest, None),
+            ("backbone", self.backbone, self.backbone_lr),
+        ):
+            with _all_trainable(part):
+                for group in param_groups_weight_decay(part, weight_decay):
+                    group["name"] = name if group["weight_decay"] else f"{name}/no_decay"
+                    if lr is not None:
+                        group["lr"] = float(lr)
+                    groups.append(group)
+        return groups
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
@@ -218,73 +258,111 @@ class GeoguessModule(L.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------------
 
+    def spec(self) -> dict:
+        """The architecture in plain values: what `build_from_spec` needs besides `fitted`."""
+        return {
+            "backbone": {"name": backbone_name(self.backbone)},
+            "fusion": self.fusion.name,
+            "dropout": float(self.dropout.p) if isinstance(self.dropout, nn.Dropout) else 0.0,
+            "head": self.head.spec(),
+            "input_mean": [float(v) for v in self.input_mean.flatten()],
+            "input_std": [float(v) for v in self.input_std.flatten()],
+        }
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "version": 1,
-            "config": self.config,
+            "version": CHECKPOINT_VERSION,
+            "spec": self.spec(),
             "fitted": self.fitted.to_dict(),
-            "num_classes": self.head.num_classes,
+            # Provenance only: never instantiated when the checkpoint is loaded.
+            "config": self.config,
         }
 
 
-def _all_ranks(trainer, values: tuple) -> tuple:
-    """The per-rank arrays and lists joined over every rank (unchanged on one process)."""
-    if trainer is None or trainer.world_size <= 1:
-        return values
-    import torch.distributed as dist
+class _all_trainable:
+    """Temporarily mark every parameter trainable, so that a frozen part is still grouped."""
 
-    gathered = [None] * trainer.world_size
-    dist.all_gather_object(gathered, values)
-    xy = np.concatenate([g[0] for g in gathered])
-    latlon = np.concatenate([g[1] for g in gathered])
-    uuids = [u for g in gathered for u in g[2]]
-    # DistributedSampler pads ranks with repeated locations: count each location once.
-    _, first = np.unique(np.asarray(uuids, dtype=object).astype(str), return_index=True)
-    first = np.sort(first)
-    return xy[first], latlon[first], [uuids[i] for i in first]
+    def __init__(self, module: nn.Module) -> None:
+        self.params = list(module.parameters())
 
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(True)
 
-__all__ = ["CHECKPOINT_KEY", "MONITOR", "GeoguessModule", "NonFiniteLossError"]
+    def __exit__(self, *exc) -> None:
+        for p, flag in zip(self.params, self.flags, strict=True):
+            p.requires_grad_(flag)
 
 
-def build_module(cfg, fitted: Any, inference: bool = False) -> GeoguessModule:
-    """The module of a run config (a DictConfig or the plain dict kept in a checkpoint).
+def _gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` of every rank, concatenated; ranks may hold different numbers of rows."""
+    from torchmetrics.utilities.distributed import gather_all_tensors
 
-    For `inference`, the backbone is built without pretrained weights (the checkpoint's
-    state_dict replaces them) and without optimizer or scheduler.
-    """
-    from hydra.utils import get_class, instantiate
-    from omegaconf import DictConfig, OmegaConf
+    return torch.cat(gather_all_tensors(tensor.contiguous()))
 
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    plain = plain_config(cfg)
-    backbone_overrides = {"pretrained": False, "pretrained_file": None} if inference else {}
-    backbone = instantiate(cfg.backbone, **backbone_overrides)
-    head = instantiate(cfg.head)
-    optimizer = scheduler = backbone_lr = None
-    if not inference:
-        options = dict(plain["optimizer"])
-        lr_finetune = options.pop("lr_finetune", None)
-        optimizer = instantiate(options)
-        scheduler = instantiate(cfg.scheduler) if cfg.scheduler.get("_target_") else None
-        if get_class(cfg.unfreeze._target_).starts_frozen:
-            backbone_lr = lr_finetune
-    factory = instantiate(cfg.model)
-    return factory(
+
+def backbone_name(backbone: nn.Module) -> str:
+    """The timm architecture of a backbone built by `create_backbone`."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise GeoguessError(f"{type(backbone).__name__} is not a timm model")
+    return str(name)
+
+
+def _input_stats(backbone, fitted, normalize: str, pretrained: bool) -> tuple[tuple, tuple]:
+    if normalize not in NORMALIZE:
+        raise GeoguessError(f"model.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
+    if normalize == "pretrained" or (normalize == "auto" and pretrained):
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(backbone)
+        return tuple(config["mean"]), tuple(config["std"])
+    return tuple(fitted.image_mean), tuple(fitted.image_std)
+
+
+def build_from_spec(spec: dict, fitted) -> GeoguessModule:
+    """The module of a checkpoint, for inference: every value read as data, every part taken
+    from the suite's registries (timm names, fusions, heads); anything else is refused."""
+    from geoguess.models.backbones import create_backbone
+
+    try:
+        name = spec["backbone"]["name"]
+        fusion, dropout = spec["fusion"], spec["dropout"]
+        head_spec = dict(spec["head"])
+        mean, std = spec["input_mean"], spec["input_std"]
+    except (KeyError, TypeError) as exc:
+        raise GeoguessError(f"the checkpoint's model description lacks {exc}") from None
+    if not isinstance(name, str) or fusion not in FUSIONS:
+        raise GeoguessError(
+            f"the checkpoint names an unknown backbone {name!r} or fusion {fusion!r}"
+        )
+    if not isinstance(dropout, float | int) or not _floats(mean) or not _floats(std):
+        raise GeoguessError("the checkpoint's dropout or input statistics are not numbers")
+    backbone = create_backbone(name, pretrained=False)
+    return GeoguessModule(
         backbone=backbone,
-        head=head,
+        head=partial(build_head, head_spec),
         fitted=fitted,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        backbone_lr=backbone_lr,
-        config=plain,
+        fusion=fusion,
+        dropout=float(dropout),
+        input_stats=(tuple(mean), tuple(std)),
     )
 
 
-def plain_config(cfg) -> dict:
-    """The resolved config as plain containers (enums as strings), without Hydra's own node."""
-    from omegaconf import DictConfig, OmegaConf
+def _floats(values) -> bool:
+    return (
+        isinstance(values, list | tuple)
+        and len(values) == 3
+        and all(isinstance(v, float | int) for v in values)
+    )
 
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    return {k: v for k, v in cfg.items() if k != "hydra"}
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "MONITOR",
+    "GeoguessModule",
+    "NonFiniteLossError",
+    "build_from_spec",
+]

@@ -1,7 +1,7 @@
 """When the backbone trains: `never` frozen, frozen until an epoch, or unfrozen stage by stage.
 
-The backbone's parameters are all in the optimizer from the start (in their own group, at
-`optimizer.lr_finetune`); freezing only switches `requires_grad` off, so unfreezing needs no new
+The backbone's parameters are all in the optimizer from the start (in their own groups, at
+`unfreeze.backbone_lr`); freezing only switches `requires_grad` off, so unfreezing needs no new
 param group, schedulers see the same groups throughout and resuming from a checkpoint restores
 the same optimizer state. A frozen stage also keeps its BatchNorm layers in eval mode, so that
 their running statistics (ImageNet's, for a pretrained backbone) stay as they are.
@@ -22,10 +22,18 @@ from geoguess.models.backbones import stage_parameters
 
 
 class BackboneUnfreeze(BaseFinetuning):
-    """Base of the schedules: `trainable_stages(epoch, n)` says how many of the last stages train."""
+    """Base of the schedules: `trainable_stages(epoch, n)` says how many of the last stages train.
 
-    #: whether the backbone starts frozen (its parameter group then uses `lr_finetune`).
-    starts_frozen = True
+    `backbone_lr` is the backbone's learning rate (null: `optimizer.lr`, as the head's).
+    """
+
+    def __init__(self, backbone_lr: float | None = None) -> None:
+        super().__init__()
+        if backbone_lr is not None and (
+            not isinstance(backbone_lr, float | int) or not backbone_lr > 0
+        ):
+            raise GeoguessError(f"unfreeze.backbone_lr={backbone_lr!r} must be positive, or null")
+        self.backbone_lr = float(backbone_lr) if backbone_lr is not None else None
 
     def trainable_stages(self, epoch: int, num_stages: int) -> int:
         raise NotImplementedError
@@ -43,8 +51,6 @@ class BackboneUnfreeze(BaseFinetuning):
 class Never(BackboneUnfreeze):
     """Everything trains from the first step (for backbones trained from scratch)."""
 
-    starts_frozen = False
-
     def trainable_stages(self, epoch: int, num_stages: int) -> int:
         return num_stages
 
@@ -52,11 +58,9 @@ class Never(BackboneUnfreeze):
 class AtEpoch(BackboneUnfreeze):
     """The backbone is frozen (eval mode) until `epoch`, then trains entirely."""
 
-    def __init__(self, epoch: int = 1) -> None:
-        super().__init__()
-        if int(epoch) != epoch or epoch < 0:
-            raise GeoguessError(f"unfreeze.epoch={epoch!r} must be a non-negative integer")
-        self.epoch = int(epoch)
+    def __init__(self, epoch: int = 1, backbone_lr: float | None = None) -> None:
+        super().__init__(backbone_lr)
+        self.epoch = _count("unfreeze.epoch", epoch, minimum=0)
 
     def trainable_stages(self, epoch: int, num_stages: int) -> int:
         return num_stages if epoch >= self.epoch else 0
@@ -65,14 +69,18 @@ class AtEpoch(BackboneUnfreeze):
 class Gradual(BackboneUnfreeze):
     """One more stage, from the last backwards, every `every` epochs (the first after `every`)."""
 
-    def __init__(self, every: int = 1) -> None:
-        super().__init__()
-        if int(every) != every or every < 1:
-            raise GeoguessError(f"unfreeze.every={every!r} must be a positive integer")
-        self.every = int(every)
+    def __init__(self, every: int = 1, backbone_lr: float | None = None) -> None:
+        super().__init__(backbone_lr)
+        self.every = _count("unfreeze.every", every, minimum=1)
 
     def trainable_stages(self, epoch: int, num_stages: int) -> int:
         return min(num_stages, epoch // self.every)
+
+
+def _count(key: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GeoguessError(f"{key}={value!r} must be an integer of at least {minimum}")
+    return value
 
 
 def num_stages(pl_module: L.LightningModule) -> int:

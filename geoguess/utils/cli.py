@@ -5,29 +5,56 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from geoguess.errors import GeoguessError
 
 CONFIG_PATH = "../conf"  # relative to the module holding the @hydra.main function
 
 
-def run_dir() -> Path:
-    """The current Hydra run (or multirun job) directory; Hydra 1.3 does not chdir into it."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 def user_errors(main: Callable) -> Callable:
-    """Print a `GeoguessError` as one clear message and exit 2, instead of a traceback."""
+    """Print a `GeoguessError` as one clear message and exit with its code (2 unless it says
+    otherwise), instead of a traceback."""
 
     @functools.wraps(main)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg, *args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            check_missing(cfg)
+            return main(cfg, *args, **kwargs)
         except GeoguessError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def check_missing(cfg) -> None:
+    """Refuse a config with mandatory values (`???`) left unset, naming them."""
+    from omegaconf import DictConfig, OmegaConf, open_dict
+
+    if not isinstance(cfg, DictConfig):
+        return
+    if "hydra" in cfg:  # a config composed with return_hydra_config (tests, the compose API)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        example = "data.root=/path/to/dataset" if "data.root" in missing else f"{missing[0]}=..."
+        raise GeoguessError(f"{', '.join(sorted(missing))} must be given, e.g. {example}")
+
+
+def instantiate(node, *args, **kwargs):
+    """`hydra.utils.instantiate`, with the user's error (a `GeoguessError` raised by the target)
+    unwrapped from Hydra's `InstantiationException`, so it reads as one clear message."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, GeoguessError):
+            raise cause from None
+        raise

@@ -15,6 +15,22 @@ class OutputExistsError(GeoguessError, FileExistsError):
     """Refusal to overwrite a file the user already has."""
 
 
+def _file_mode() -> int:
+    """What `open()` would give a new file: 0o666 less the process umask (usually 0o644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def make_temp_file(folder: str | Path, name: str, suffix: str = ".tmp") -> Path:
+    """An empty hidden temporary file in `folder`, with a normal file's permissions
+    (`mkstemp` makes 0600 files, which would then be renamed into place as they are)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
+    os.fchmod(fd, _file_mode())
+    os.close(fd)
+    return Path(tmp_name)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
 
@@ -27,9 +43,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: boo
             f"{path} already exists; pass overwrite=true or choose another path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = make_temp_file(path.parent, path.name)
     try:
         write(tmp)
         if overwrite:
@@ -50,7 +64,7 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> P
 
 def write_json_atomic(path: str | Path, data, overwrite: bool = False) -> Path:
     return write_text_atomic(
-        path, json.dumps(data, indent=2, default=_json_default) + "\n", overwrite
+        path, json.dumps(data, indent=2, default=json_default) + "\n", overwrite
     )
 
 
@@ -58,7 +72,8 @@ def write_csv_atomic(path: str | Path, frame, overwrite: bool = False) -> Path:
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False), overwrite=overwrite)
 
 
-def _json_default(value):
+def json_default(value):
+    """`json.dumps(default=...)` for numpy scalars and paths."""
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, Path):

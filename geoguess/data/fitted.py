@@ -1,0 +1,60 @@
+"""`FittedData`: everything fitted on the training split, kept in every checkpoint.
+
+Prediction and resumed runs take these values from the checkpoint instead of refitting them on
+today's data, so a model always sees its inputs and decodes its outputs as it was trained to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geoguess.data.targets import TargetSpace
+from geoguess.geo import ClassGrid, Country
+from geoguess.utils.io import json_default, write_json_atomic
+
+
+@dataclass
+class FittedData:
+    """Targets, classes and image statistics of one training split, and the country played."""
+
+    targets: TargetSpace
+    grid: ClassGrid
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    image_size: int
+    country: Country
+    info: dict = field(default_factory=dict)  # provenance: dataset key, split settings, counts
+
+    def to_dict(self) -> dict:
+        """Plain JSON types only (checkpoints are loaded with `weights_only=True`)."""
+        data = {
+            "targets": self.targets.to_dict(),
+            "grid": self.grid.to_dict(),
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "image_size": self.image_size,
+            "country": self.country.to_dict(),
+            "info": self.info,
+        }
+        return json.loads(json.dumps(data, default=json_default))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FittedData:
+        return cls(
+            targets=TargetSpace.from_dict(data["targets"]),
+            grid=ClassGrid.from_dict(data["grid"]),
+            image_mean=tuple(float(v) for v in data["image_mean"]),
+            image_std=tuple(float(v) for v in data["image_std"]),
+            image_size=int(data["image_size"]),
+            country=Country.from_dict(data["country"]),
+            info=dict(data.get("info", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedData:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,186 @@
+"""Run folders: every command writes into its own directory, and never over another run's.
+
+Hydra's record of a run (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) is written
+here, not by Hydra (`hydra.output_subdir` is null in `conf/run_dir.yaml`): Hydra would write
+it before the command could look at the folder, so a command refused in a finished run's
+folder would still replace that run's record. Here a refused command changes nothing, and a
+resumed training run keeps the original record and adds its own beside it
+(`.hydra/resume-<k>/`). In a sweep, each job folder also gets `job.txt`: its overrides on one
+line, since folder names carry only the job number (paths with `=` or `,` would not paste
+back into a Hydra command line).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from geoguess.errors import GeoguessError
+from geoguess.utils.io import write_text_atomic
+
+RECORD_DIR = ".hydra"
+JOB_FILE = "job.txt"
+RESULTS_FILE = "results.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class RunFolderError(GeoguessError):
+    """A run folder that this command must not write into."""
+
+
+def run_dir() -> Path:
+    """The current Hydra run (or multirun job) directory; Hydra 1.3 does not chdir into it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def task_overrides() -> list[str]:
+    """The overrides of this run or sweep job, as typed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def last_checkpoint(out: Path) -> Path:
+    return Path(out) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def holds_a_run(out: Path) -> bool:
+    """Whether `out` already holds a record, checkpoints or results of a run."""
+    out = Path(out)
+    checkpoints = out / CHECKPOINT_DIR
+    return (
+        (out / RECORD_DIR / "config.yaml").exists()
+        or (out / RESULTS_FILE).exists()
+        or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    )
+
+
+def claim(cfg, out: Path | None = None) -> Path:
+    """Take `out` (default: the Hydra run folder) for a new run and write its record.
+
+    Refuses, changing nothing, a folder that already holds a run.
+    """
+    out = Path(out) if out is not None else run_dir()
+    if holds_a_run(out):
+        raise RunFolderError(
+            f"{out} already holds a run; choose another folder (hydra.run.dir=...) or leave "
+            "hydra.run.dir out for a new one"
+        )
+    write_record(out, cfg)
+    return out
+
+
+def claim_for_training(cfg, out: Path, ckpt_path: str | None) -> Path | None:
+    """Take `out` for a training run; returns the checkpoint to resume from, if any.
+
+    `ckpt_path=last` resumes the interrupted run of `out` itself; a path to a `.ckpt` starts
+    a new run in a fresh folder from that checkpoint. Nothing in `out` is changed when refused.
+    """
+    out = Path(out)
+    results = _read_results(out)
+    if results is not None:
+        status = results.get("status", "ok")
+        what = "a finished run" if status == "ok" else f"a failed run ({results.get('error')})"
+        raise RunFolderError(
+            f"{out} holds {what} (results.json); start a new run elsewhere (leave "
+            "hydra.run.dir out)"
+        )
+    if ckpt_path == "last":
+        last = last_checkpoint(out)
+        if not last.is_file():
+            raise RunFolderError(
+                f"ckpt_path=last: there is no {last}; to resume an interrupted run, pass its "
+                "folder as hydra.run.dir=outputs/train/<time> (or give ckpt_path=/path/to.ckpt)"
+            )
+        write_record(out, cfg, resume=True)
+        return last
+    if holds_a_run(out):
+        raise RunFolderError(
+            f"{out} holds an interrupted run; resume it with hydra.run.dir={out} "
+            "ckpt_path=last, or start a new run elsewhere (leave hydra.run.dir out)"
+        )
+    if ckpt_path is not None and not Path(ckpt_path).expanduser().is_file():
+        raise RunFolderError(f"ckpt_path={ckpt_path} does not exist")
+    write_record(out, cfg)
+    return Path(ckpt_path).expanduser() if ckpt_path is not None else None
+
+
+def write_record(out: Path, cfg, resume: bool = False) -> Path:
+    """`.hydra/{config,hydra,overrides}.yaml` (or `.hydra/resume-<k>/` for a resume), and
+    `job.txt` in a sweep job's folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    out = Path(out)
+    folder = out / RECORD_DIR
+    if resume:
+        k = 1
+        while (folder / f"resume-{k}").exists():
+            k += 1
+        folder = folder / f"resume-{k}"
+    task = OmegaConf.to_container(cfg, resolve=False)
+    task.pop("hydra", None)
+    overrides = task_overrides() if HydraConfig.initialized() else []
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(task))
+    if HydraConfig.initialized():
+        hydra = OmegaConf.create({"hydra": HydraConfig.get()})
+        write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(hydra))
+    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(overrides))
+    if is_multirun() and not (out / JOB_FILE).exists():
+        write_text_atomic(out / JOB_FILE, " ".join(overrides) + "\n")
+    return folder
+
+
+def _read_results(out: Path) -> dict | None:
+    path = Path(out) / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {"status": "unreadable", "error": f"{path} is not valid JSON"}
+
+
+def failed_jobs(sweep_dir: Path) -> list[tuple[Path, str]]:
+    """(job folder, reason) of every job under `sweep_dir` whose results.json says it failed."""
+    failed = []
+    for path in sorted(Path(sweep_dir).glob(f"**/{RESULTS_FILE}")):
+        results = _read_results(path.parent) or {}
+        if results.get("status", "ok") != "ok":
+            failed.append((path.parent, str(results.get("error"))))
+    return failed
+
+
+try:  # Hydra is a dependency; the guard only keeps this module importable on its own.
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class ExitNonZeroOnFailedJobs(_HydraCallback):
+    """A sweep goes on past a failed job (its folder says why); at its end, exit 1 if any did.
+
+    Registered in `conf/run_dir.yaml` as a Hydra callback, so it runs in the process that
+    launched the sweep, whichever launcher ran the jobs.
+    """
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        failed = failed_jobs(sweep_dir)
+        if not failed:
+            return
+        print(f"error: {len(failed)} job(s) of the sweep {sweep_dir} failed:", file=sys.stderr)
+        for folder, reason in failed:
+            print(f"  {folder}: {reason}", file=sys.stderr)
+        sys.exit(1)
