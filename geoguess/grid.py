@@ -1,4 +1,5 @@
-"""`python -m geoguess.grid grid.spacing=0.5`: build the class grid, write classes.csv and grid.png."""
+"""`python -m geoguess.grid grid.spacing=0.5` (or `grid=adaptive`): build the class grid, write
+classes.csv and grid.png."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def main(cfg: DictConfig) -> int:
     grid = instantiate(cfg.grid)(country)
     write_csv_atomic(out / "classes.csv", grid.to_frame())
     plot_grid(country, grid, out / "grid.png")
-    print(f"{grid.num_classes} classes at grid.spacing={grid.spacing:g}° over {country.name}")
+    print(f"{grid.num_classes} classes at {grid.description} over {country.name}")
     print(f"wrote {out / 'classes.csv'} and {out / 'grid.png'}")
     return grid.num_classes
 

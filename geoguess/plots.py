@@ -53,8 +53,9 @@ def plot_grid(country, grid, path: str | Path, overwrite: bool = False) -> None:
     """Country, cells, centroids, and clipped centroids marked distinctly."""
     fig, ax = plt.subplots(figsize=(8, 7))
     _draw_country(ax, country)
-    for cell in grid.cells():
-        x, y = cell.exterior.xy
+    # Adaptive and region cells may be multi-part (an island merged with the coast) or holed.
+    for ring in shapely.get_rings(shapely.get_parts(grid.cells())):
+        x, y = ring.xy
         ax.plot(x, y, color="#555555", linewidth=0.5)
     table = grid.table
     kept = ~table["clipped"].to_numpy()
@@ -92,7 +93,7 @@ def plot_grid(country, grid, path: str | Path, overwrite: bool = False) -> None:
     x0, y0, x1, y1 = shapely.total_bounds(grid.cells())
     ax.set_xlim(min(x0, ax.get_xlim()[0]) - 0.05, max(x1, ax.get_xlim()[1]) + 0.05)
     ax.set_ylim(min(y0, ax.get_ylim()[0]) - 0.05, max(y1, ax.get_ylim()[1]) + 0.05)
-    ax.set_title(f"{country.name}: {grid.num_classes} classes at spacing {grid.spacing:g}°")
+    ax.set_title(f"{country.name}: {grid.num_classes} classes at {grid.description}")
     ax.legend(loc="lower left", fontsize=8)
     _save(fig, Path(path), overwrite)
 

