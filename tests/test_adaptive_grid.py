@@ -21,7 +21,7 @@ from geoguess.geo import (
 )
 from geoguess.geo.adaptive_grid import merge_small_cells
 from geoguess.geo.boundary import BoundaryError
-from geoguess.geo.grid import CLASSES_CSV_COLUMNS, GridError
+from geoguess.geo.cells import CLASSES_CSV_COLUMNS, GridError
 from tests.cli import run_module
 from tests.data_helpers import croatia_points
 
@@ -218,7 +218,7 @@ def test_bad_settings_say_which(croatia, settings, message):
         build_adaptive_grid(croatia, **settings)
 
 
-def test_the_heads_and_the_fitted_data_take_adaptive_cells(grid, train):
+def test_the_heads_and_the_fitted_data_take_adaptive_cells(grid, train, croatia):
     import torch
 
     from geoguess.data import FittedData
@@ -226,10 +226,10 @@ def test_the_heads_and_the_fitted_data_take_adaptive_cells(grid, train):
     from geoguess.models.heads import ClassificationHead
 
     targets = TargetSpace.fit(*train)
-    fitted = FittedData(targets, grid, (0.5,) * 3, (0.25,) * 3, 32)
+    fitted = FittedData(targets, grid, (0.5,) * 3, (0.25,) * 3, 32, croatia)
     again = FittedData.from_dict(json.loads(json.dumps(fitted.to_dict())))
     pd.testing.assert_frame_equal(again.grid.table, grid.table)
-    head = ClassificationHead(8, again.grid, targets, points="train_mean")
+    head = ClassificationHead(8, again.grid, targets, again.country, points="train_mean")
     assert head.linear.out_features == grid.num_classes
     assert head(torch.zeros(2, 8)).shape == (2, grid.num_classes)
 

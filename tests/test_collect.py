@@ -39,11 +39,11 @@ from geoguess.collect import (
     sign,
     thin_cells,
 )
-from geoguess.collect.fake_server import FakeStreetView, FakeWorld
 from geoguess.collect.pipeline import load_plan
 from geoguess.collect.streetview import ApiRefusedError, RequestBudget, StreetViewClient
 from geoguess.geo import Country, build_grid, haversine_km
 from tests.conftest import REPO_ROOT
+from tests.fake_streetview import FakeStreetView, FakeWorld
 
 KEY = "AIzaTEST-key-4f1c9e2b7a"
 SECRET_BYTES = b"test signing secret 0123"

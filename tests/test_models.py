@@ -82,7 +82,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("trainer") == ["cpu", "ddp", "gpu"]
     assert options("image") == ["112px", "224px", "56px", "64px"]
     assert options("callbacks") == ["default", "with_early_stopping"]
-    assert options("grid") == ["square"]
+    assert options("grid") == ["adaptive", "square"]
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
     assert options("experiment") == ["original", "quickstart", "smoke"]
 

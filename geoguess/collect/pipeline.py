@@ -33,7 +33,6 @@ from geoguess.collect.store import (
 )
 from geoguess.collect.streetview import (
     DEFAULT_BASE_URL,
-    HEADINGS,
     BudgetExhausted,
     CollectError,
     Credentials,
@@ -42,6 +41,7 @@ from geoguess.collect.streetview import (
     RetryPolicy,
     StreetViewClient,
 )
+from geoguess.data.io import HEADINGS
 from geoguess.geo import Country
 from geoguess.utils.io import write_csv_atomic
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoguess.collect.streetview import HEADINGS, CollectError
+from geoguess.collect.streetview import CollectError
+from geoguess.data.io import HEADINGS
 from geoguess.utils.io import atomic_write, write_csv_atomic
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ SIGNING_SECRET_ENV = "GOOGLE_MAPS_URL_SIGNING_SECRET"
 DEFAULT_BASE_URL = "https://maps.googleapis.com"
 METADATA_PATH = "/maps/api/streetview/metadata"
 IMAGE_PATH = "/maps/api/streetview"
-HEADINGS = (0, 90, 180, 270)
 IMAGE_SIZE = "640x640"
 FOV = 90  # four headings 90° apart cover the full circle
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geoguess.data.targets import TargetSpace
-from geoguess.geo import ClassGrid, Country
+from geoguess.geo import Country, Geocells, grid_from_dict
 from geoguess.utils.io import json_default, write_json_atomic
 
 
@@ -20,7 +20,7 @@ class FittedData:
     """Targets, classes and image statistics of one training split, and the country played."""
 
     targets: TargetSpace
-    grid: ClassGrid
+    grid: Geocells
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     image_size: int
@@ -44,7 +44,7 @@ class FittedData:
     def from_dict(cls, data: dict) -> FittedData:
         return cls(
             targets=TargetSpace.from_dict(data["targets"]),
-            grid=ClassGrid.from_dict(data["grid"]),
+            grid=grid_from_dict(data["grid"]),
             image_mean=tuple(float(v) for v in data["image_mean"]),
             image_std=tuple(float(v) for v in data["image_std"]),
             image_size=int(data["image_size"]),

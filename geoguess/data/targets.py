@@ -54,11 +54,6 @@ class TargetSpace:
         """(N, 2) float64 in [0, 1] for training locations (outside for others)."""
         return (self.project(lat, lon) - self.offset()) / self.scale()
 
-    def denormalize(self, xy_norm) -> tuple[np.ndarray, np.ndarray]:
-        """Latitude and longitude of normalised (N, 2) coordinates."""
-        xy = np.asarray(xy_norm, dtype=np.float64) * self.scale() + self.offset()
-        return self.projector.inverse(xy[:, 0], xy[:, 1])
-
     def unproject(self, xy_metres) -> tuple[np.ndarray, np.ndarray]:
         xy = np.asarray(xy_metres, dtype=np.float64)
         return self.projector.inverse(xy[:, 0], xy[:, 1])

@@ -6,8 +6,8 @@ model's metric needs a differentiable haversine.
 
 from geoguess.geo.adaptive_grid import PolygonGrid, build_adaptive_grid, build_region_grid
 from geoguess.geo.boundary import Country, load_boundary
+from geoguess.geo.cells import ClassGrid, Geocells, build_grid, grid_from_dict
 from geoguess.geo.distance import EARTH_RADIUS_KM, haversine_km, haversine_km_torch
-from geoguess.geo.grid import ClassGrid, Geocells, build_grid, grid_from_dict
 from geoguess.geo.projection import Projector, check_latlon
 
 __all__ = [

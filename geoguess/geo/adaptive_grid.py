@@ -34,7 +34,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from geoguess.geo.boundary import BoundaryError, Country
-from geoguess.geo.grid import (
+from geoguess.geo.cells import (
     MAX_CELLS,
     Geocells,
     GridError,

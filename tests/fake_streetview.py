@@ -1,6 +1,6 @@
 """A fake Street View Static API for tests and demos: strict, deterministic and unreliable.
 
-    python -m geoguess.collect.fake_server --port 8765   # then collect.base_url=http://127.0.0.1:8765
+    python -m tests.fake_streetview --port 8765   # then collect.base_url=http://127.0.0.1:8765
 
 It checks every parameter and, when it has a signing secret, every signature (computed here on
 the raw request target, independently of the client's code); a request that breaks the protocol
@@ -37,9 +37,11 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from PIL import Image
 
+from geoguess.data.io import HEADINGS as VIEW_HEADINGS
+
 METADATA_PARAMS = {"location", "radius", "source", "key"}
 IMAGE_PARAMS = {"size", "pano", "heading", "fov", "return_error_code", "key"}
-HEADINGS = {"0", "90", "180", "270"}
+HEADINGS = {str(heading) for heading in VIEW_HEADINGS}
 
 
 @dataclass(frozen=True)
