@@ -13,7 +13,9 @@ back into a Hydra command line).
 from __future__ import annotations
 
 import json
+import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from geoguess.errors import GeoguessError
@@ -28,6 +30,50 @@ LAST_CHECKPOINT = "last.ckpt"
 
 class RunFolderError(GeoguessError):
     """A run folder that this command must not write into."""
+
+
+def global_rank() -> int:
+    """This process's rank among the training processes (0 when there is only one), as
+    torchrun, SLURM or Lightning's own launcher set it in the environment."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key) is not None:
+            return int(os.environ[key])
+    if os.environ.get("LOCAL_RANK") is not None:  # Lightning's launcher: per node
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        return int(os.environ.get("NODE_RANK", 0)) * local_size + int(os.environ["LOCAL_RANK"])
+    return 0
+
+
+def run_stamp(pattern: str) -> str:
+    """`${now:pattern}` for run folder names, except that every process started by one
+    torchrun shares its folder: there the time is the launching agent's start time, the same
+    for all of them."""
+    started = _torchrun_agent_started() if os.environ.get("TORCHELASTIC_RUN_ID") else None
+    moment = datetime.fromtimestamp(started) if started is not None else datetime.now()
+    return moment.strftime(pattern)
+
+
+def _torchrun_agent_started() -> float | None:
+    """Unix time at which this process's parent (torchrun's agent) started (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time since boot
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def register_resolvers() -> None:
+    """`${run_stamp:PATTERN}`, used by `conf/run_dir.yaml` (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 def run_dir() -> Path:
@@ -86,8 +132,12 @@ def claim_for_training(cfg, out: Path, ckpt_path: str | None) -> Path | None:
 
     `ckpt_path=last` resumes the interrupted run of `out` itself; a path to a `.ckpt` starts
     a new run in a fresh folder from that checkpoint. Nothing in `out` is changed when refused.
+    Only rank 0 of a distributed run claims the folder; the other ranks join it.
     """
     out = Path(out)
+    if global_rank() != 0:
+        resume = last_checkpoint(out) if ckpt_path == "last" else ckpt_path
+        return Path(resume).expanduser() if resume is not None else None
     results = _read_results(out)
     if results is not None:
         status = results.get("status", "ok")

@@ -44,6 +44,7 @@ def run_job(cfg: DictConfig) -> dict:
     from geoguess.utils.cli import check_missing
 
     check_missing(cfg)
+    _refuse_ddp_in_local_sweep(cfg)
     out = runs.run_dir()
     try:
         resume = runs.claim_for_training(cfg, out, cfg.get("ckpt_path"))
@@ -84,10 +85,12 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     import lightning as L
 
     from geoguess import results as results_mod
+    from geoguess import runs
     from geoguess.models import checkpoint as ckpt
     from geoguess.utils.cli import instantiate
 
     out = Path(out)
+    distributed = _join_launched_ranks(cfg)
     checkpoint = ckpt.read_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:
         ckpt.check_fit_settings(checkpoint, cfg)
@@ -107,7 +110,14 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         seed=cfg.seed,
         fitted=ckpt.fitted_of(checkpoint) if checkpoint is not None else None,
     )
-    datamodule.prepare_data()
+    # Data preparation (generation, validation, the image cache) on rank 0 alone; the other
+    # ranks of a distributed run wait for it, then read what it made.
+    if runs.global_rank() == 0:
+        datamodule.prepare_data()
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
     datamodule.setup("fit")
     if datamodule.splits["val"].empty:
         raise GeoguessError(
@@ -155,6 +165,58 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
 
 
 # -- building -----------------------------------------------------------------------------------
+
+
+def _join_launched_ranks(cfg: DictConfig) -> bool:
+    """Under torchrun or SLURM (ranks started outside Lightning), join the process group now,
+    before any data work, so that rank 0 alone prepares the data; Lightning's DDP strategy then
+    uses this group. Returns whether the run is distributed so."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    from geoguess import runs
+
+    environment = next(
+        (e() for e in (TorchElasticEnvironment, SLURMEnvironment) if e.detect()), None
+    )
+    if environment is None or environment.world_size() <= 1:
+        return False
+    if not str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        raise GeoguessError(
+            f"{environment.world_size()} processes were started (torchrun or SLURM) but "
+            f"trainer.strategy is {cfg.trainer.get('strategy')!r}: use trainer=ddp"
+        )
+    if runs.is_multirun() and not isinstance(environment, SLURMEnvironment):
+        raise GeoguessError("DDP inside a local -m sweep is not supported; see docs/sweeps.md")
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", environment.main_address)
+        os.environ.setdefault("MASTER_PORT", str(environment.main_port))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(environment.local_rank())
+        dist.init_process_group(
+            backend, rank=environment.global_rank(), world_size=environment.world_size()
+        )
+    return True
+
+
+def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:
+    """Lightning would start each job's ranks by re-running the whole `-m` command."""
+    from geoguess import runs
+
+    if not runs.is_multirun() or not str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "submitit" not in launcher:
+        raise GeoguessError(
+            "trainer=ddp inside a local -m sweep: Lightning would start each job's ranks by "
+            "re-running the whole sweep. Start the ranks with torchrun (one run at a time), or "
+            "sweep on a cluster with hydra/launcher=submitit_slurm (see docs/sweeps.md)"
+        )
 
 
 def build_model(cfg: DictConfig, fitted, backbone=None, optimizer=None, unfreeze=None):
@@ -264,6 +326,12 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated, use `isinstance.*")
     # A resumed run's checkpoint folder holds the interrupted session's files, as it should.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # Under DDP every test location is counted once (module._gather_frame drops the repeats).
+    warnings.filterwarnings("ignore", message="Using `DistributedSampler` with the dataloaders")
+    from geoguess import runs
+
+    if runs.global_rank() != 0:  # one voice per run in the log
+        log.setLevel(logging.WARNING)
 
 
 def _describe(model, datamodule) -> str:

@@ -482,3 +482,59 @@ def test_command_refuses_missing_or_command_line_secrets(tmp_path):
     assert result.returncode == 2 and API_KEY_ENV in result.stderr
     assert KEY not in result.stderr
     assert not (tmp_path / "b").exists()  # refused before Hydra saved the command line
+
+
+def test_panoramas_near_one_kept_are_left_out(tmp_path):
+    """Neighbouring panoramas of one road would straddle the splits: only the first is kept."""
+    from geoguess.collect.pipeline import CollectSettings, select_panoramas
+
+    settings = CollectSettings(n=5, out=tmp_path, min_distance_m=30)
+    zagreb = (45.8150, 15.9819)
+    # Sample order: a panorama, one 20 m north of it, one 50 m north, the first again, and
+    # one 10 m from a location already in the dataset.
+    metres = 1 / 111_195  # degrees of latitude per metre
+    answers = [
+        ("a", zagreb[0], zagreb[1]),
+        ("b", zagreb[0] + 20 * metres, zagreb[1]),
+        ("c", zagreb[0] + 50 * metres, zagreb[1]),
+        ("a", zagreb[0], zagreb[1]),
+        ("d", 45.3271 + 10 * metres, 14.4422),
+    ]
+    plan = pd.DataFrame(
+        {
+            "location": [f"p{i}" for i in range(5)],
+            "sample_latitude": [a[1] for a in answers],
+            "sample_longitude": [a[2] for a in answers],
+        }
+    )
+    journal = {
+        settings.metadata_key(f"p{i}"): {"status": "OK", "pano_id": pano, "lat": lat, "lng": lon}
+        for i, (pano, lat, lon) in enumerate(answers)
+    }
+
+    class Store:  # a dataset already holding a location in Rijeka
+        def has(self, uuid, pano):
+            return False
+
+        def coordinates(self):
+            return [45.3271], [14.4422]
+
+    class Journal:
+        def get(self, key):
+            return journal.get(key)
+
+    rows, counts = select_panoramas(plan, Journal(), Store(), Country(), settings)
+    assert [r["panorama_id"] for r in rows] == ["a", "c"]
+    assert counts == {
+        "duplicates": 1,
+        "already_in_dataset": 0,
+        "outside_country": 0,
+        "too_close": 2,
+    }
+    # min_distance_m=0 keeps every distinct panorama.
+    settings = CollectSettings(n=5, out=tmp_path, min_distance_m=0)
+    journal = {
+        settings.metadata_key(k.split("location=")[1].split("&")[0]): v for k, v in journal.items()
+    }
+    rows, _ = select_panoramas(plan, Journal(), Store(), Country(), settings)
+    assert [r["panorama_id"] for r in rows] == ["a", "b", "c", "d"]

@@ -279,6 +279,43 @@ def test_a_sweep_writes_one_folder_per_job_and_survives_a_failed_job(data_root, 
     assert done.stdout.count("wandb sync") == 2  # once per successful job
 
 
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu_shares_one_folder_and_counts_each_location_once(data_root, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = [
+        *FAST,
+        *folder_data(data_root),
+        "data.split_by=hash",
+        "trainer=ddp",
+        "trainer.devices=2",
+    ]
+    args = [a for a in args if not a.startswith("trainer.limit_test_batches")]
+    from tests.cli import command_env
+
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "-m", "geoguess.train", *args],
+        cwd=tmp_path,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "train").iterdir()  # one folder for both ranks
+    results = json.loads((run / "results.json").read_text())
+    assert tuple(results) == RESULT_KEYS and results["status"] == "ok"
+    predictions = pd.read_csv(run / "predictions_test.csv")
+    fitted = json.loads((run / "fitted.json").read_text())
+    assert len(predictions) == predictions["uuid"].nunique() == fitted["info"]["counts"]["test"]
+    assert done.stdout.count("results (") == 1  # rank 0 alone reports
+
+
+def test_ddp_inside_a_local_sweep_is_refused(data_root, tmp_path):
+    overrides = [*FAST, *folder_data(data_root), "trainer=ddp", "hydra.mode=MULTIRUN"]
+    with pytest.raises(GeoguessError, match="trainer=ddp inside a local -m sweep"):
+        run_training(overrides, tmp_path)
+
+
 # -- run folders --------------------------------------------------------------------------------
 
 

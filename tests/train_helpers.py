@@ -87,6 +87,10 @@ def composed(overrides: list[str], run_dir: Path, config_name: str = "train"):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
+    from geoguess.runs import register_resolvers
+
+    register_resolvers()
+
     run_dir = Path(run_dir)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=config_name):
         cfg = compose(

@@ -67,6 +67,7 @@ class CollectSettings:
     max_backoff: float = 30.0
     timeout: float = 30.0
     outside_tolerance_km: float = 1.0
+    min_distance_m: float = 30.0
     progress: bool = True
 
     @classmethod
@@ -99,6 +100,8 @@ class CollectSettings:
         for name in ("n", "radius", "concurrency", "max_requests", "retries"):
             if not isinstance(getattr(self, name), int):
                 raise CollectError(f"collect.{name}={getattr(self, name)!r} must be an integer")
+        if not isinstance(self.min_distance_m, int | float) or self.min_distance_m < 0:
+            raise CollectError(f"collect.min_distance_m={self.min_distance_m!r} must be >= 0")
         if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
             raise CollectError("collect.retries, backoff and max_backoff must not be negative")
         if not self.base_url.startswith(("http://", "https://")):
@@ -123,6 +126,7 @@ class Summary:
     duplicates: int = 0
     already_in_dataset: int = 0
     outside_country: int = 0
+    too_close: int = 0
     to_download: int = 0
     collected: int = 0
     failed: int = 0
@@ -145,7 +149,8 @@ class Summary:
             + (f", {self.metadata_failed} failed" if self.metadata_failed else "")
             + ")",
             f"panoramas: {self.duplicates} duplicates, {self.already_in_dataset} already in the "
-            f"dataset, {self.outside_country} outside the country, {self.to_download} to download",
+            f"dataset, {self.outside_country} outside the country, {self.too_close} within "
+            f"collect.min_distance_m of one kept, {self.to_download} to download",
             f"collected {self.collected} new locations, {self.failed} failed"
             + (" (see failed.csv)" if self.failed else "")
             + (f", {self.unfinished} unfinished" if self.unfinished else "")
@@ -294,9 +299,14 @@ async def _settle_metadata(client, plan, journal, settings, summary, failures) -
 def select_panoramas(
     plan: pd.DataFrame, journal, store: DatasetStore, country: Country, settings
 ) -> tuple[list[dict], dict[str, int]]:
-    """The rows still to collect, in sample order, and how many panoramas were left out why."""
-    rows, seen = [], set()
-    counts = {"duplicates": 0, "already_in_dataset": 0, "outside_country": 0}
+    """The rows still to collect, in sample order, and how many panoramas were left out why.
+
+    Besides the same panorama found twice, a panorama within `min_distance_m` of one kept
+    earlier (or already in the dataset) is left out: neighbouring panoramas of one road are
+    near-copies, and in different splits they would flatter the scores.
+    """
+    candidates, seen = [], set()
+    counts = {"duplicates": 0, "already_in_dataset": 0, "outside_country": 0, "too_close": 0}
     for point in plan.itertuples():
         answer = journal.get(settings.metadata_key(point.location))
         if not answer or answer["status"] != "OK":
@@ -306,27 +316,70 @@ def select_panoramas(
             counts["duplicates"] += 1
             continue
         seen.add(pano)
-        row = {
-            "uuid": location_uuid(pano),
-            "latitude": answer["lat"],
-            "longitude": answer["lng"],
-            "sample_latitude": point.sample_latitude,
-            "sample_longitude": point.sample_longitude,
-            "panorama_id": pano,
-            "status": "OK",
-            "radius": settings.radius,
-        }
-        if store.has(row["uuid"], pano):
+        candidates.append(
+            {
+                "uuid": location_uuid(pano),
+                "latitude": answer["lat"],
+                "longitude": answer["lng"],
+                "sample_latitude": point.sample_latitude,
+                "sample_longitude": point.sample_longitude,
+                "panorama_id": pano,
+                "status": "OK",
+                "radius": settings.radius,
+            }
+        )
+    if not candidates:
+        return [], counts
+    lat = np.array([r["latitude"] for r in candidates])
+    lon = np.array([r["longitude"] for r in candidates])
+    inside = country.distance_outside_km(lat, lon) <= settings.outside_tolerance_km
+    kept = _NearbyIndex(country, settings.min_distance_m, *store.coordinates())
+    rows = []
+    for row, is_inside in zip(candidates, inside, strict=True):
+        if store.has(row["uuid"], row["panorama_id"]):
             counts["already_in_dataset"] += 1
+        elif not is_inside:
+            counts["outside_country"] += 1
+        elif kept.near(row["latitude"], row["longitude"]):
+            counts["too_close"] += 1
         else:
+            kept.add(row["latitude"], row["longitude"])
             rows.append(row)
-    if rows:
-        lat = np.array([r["latitude"] for r in rows])
-        lon = np.array([r["longitude"] for r in rows])
-        inside = country.distance_outside_km(lat, lon) <= settings.outside_tolerance_km
-        counts["outside_country"] = int((~inside).sum())
-        rows = [r for r, keep in zip(rows, inside, strict=True) if keep]
     return rows, counts
+
+
+class _NearbyIndex:
+    """Points in the country's metric CRS, hashed into cells of the minimum distance, so that
+    "is any kept point within d?" looks at 9 cells, not at every point."""
+
+    def __init__(self, country: Country, distance_m: float, lat=(), lon=()) -> None:
+        self.projector, self.distance = country.projector, float(distance_m)
+        self.cells: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        if len(lat) and self.distance > 0:
+            for x, y in zip(*self.projector.forward(lat, lon), strict=True):
+                self._insert(float(x), float(y))
+
+    def _cell(self, x: float, y: float) -> tuple[int, int]:
+        return int(x // self.distance), int(y // self.distance)
+
+    def _insert(self, x: float, y: float) -> None:
+        self.cells.setdefault(self._cell(x, y), []).append((x, y))
+
+    def add(self, lat: float, lon: float) -> None:
+        if self.distance > 0:
+            self._insert(*(float(v) for v in self.projector.forward(lat, lon)))
+
+    def near(self, lat: float, lon: float) -> bool:
+        if self.distance <= 0:
+            return False
+        x, y = (float(v) for v in self.projector.forward(lat, lon))
+        cx, cy = self._cell(x, y)
+        return any(
+            (x - px) ** 2 + (y - py) ** 2 < self.distance**2
+            for i in (-1, 0, 1)
+            for j in (-1, 0, 1)
+            for px, py in self.cells.get((cx + i, cy + j), ())
+        )
 
 
 async def _download(client, plan, journal, store, country, settings, summary, failures) -> None:
@@ -334,6 +387,7 @@ async def _download(client, plan, journal, store, country, settings, summary, fa
     summary.duplicates = counts["duplicates"]
     summary.already_in_dataset = counts["already_in_dataset"]
     summary.outside_country = counts["outside_country"]
+    summary.too_close = counts["too_close"]
     summary.to_download = len(rows)
 
     async def fetch(row: dict) -> None:

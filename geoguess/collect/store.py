@@ -10,6 +10,7 @@ Layout under `OUT`:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -77,6 +78,7 @@ class DatasetStore:
         self.columns: list[str] = list(DATA_COLUMNS)
         self.uuids: set[str] = set()
         self.panorama_ids: set[str] = set()
+        self._coordinates: list[tuple[float, float]] = []
 
     @classmethod
     def open(cls, root: str | Path) -> DatasetStore:
@@ -158,7 +160,14 @@ class DatasetStore:
             self.uuids.add(row[at["uuid"]])
             if row[at["panorama_id"]]:
                 self.panorama_ids.add(row[at["panorama_id"]])
+            with contextlib.suppress(ValueError):
+                self._coordinates.append((float(row[at["latitude"]]), float(row[at["longitude"]])))
         self.uuids.discard("")
+
+    def coordinates(self) -> tuple[list[float], list[float]]:
+        """Latitudes and longitudes of the rows the dataset held when opened."""
+        valid = [(a, b) for a, b in self._coordinates if abs(a) <= 90 and abs(b) <= 180]
+        return [a for a, _ in valid], [b for _, b in valid]
 
     def has(self, location: str, panorama_id: str) -> bool:
         return location in self.uuids or panorama_id in self.panorama_ids

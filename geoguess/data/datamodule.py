@@ -285,8 +285,10 @@ class GeoDataModule(L.LightningDataModule):
         return make_loader(dataset, self.batch_size, self.num_workers, sampler)
 
     def _is_global_zero(self) -> bool:
+        from geoguess.runs import global_rank
+
         trainer = getattr(self, "trainer", None)
-        return trainer is None or trainer.is_global_zero
+        return trainer.is_global_zero if trainer is not None else global_rank() == 0
 
 
 class FolderDataModule(GeoDataModule):

@@ -85,15 +85,17 @@ def _logged_in() -> bool:
 
 def _run_id(folder: Path) -> str:
     """The W&B run id of this run folder, made on first use and kept for resumed runs."""
+    import secrets
+
+    from geoguess.runs import global_rank
+    from geoguess.utils.io import write_text_atomic
+
     path = folder / RUN_ID_FILE
     if path.exists():
         return path.read_text().strip()
-    import secrets
-
-    from geoguess.utils.io import write_text_atomic
-
     run_id = secrets.token_hex(6)
-    write_text_atomic(path, run_id + "\n")
+    if global_rank() == 0:  # the other ranks of a DDP run log nothing to W&B
+        write_text_atomic(path, run_id + "\n")
     return run_id
 
 

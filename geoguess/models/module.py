@@ -122,7 +122,9 @@ class GeoguessModule(L.LightningModule):
         n = len(batch["uuid"])
         # Two names, because Lightning would suffix one name logged both ways (_step, _epoch).
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log(
+            "train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -7,8 +7,11 @@ import sys
 from collections.abc import Callable
 
 from geoguess.errors import GeoguessError
+from geoguess.runs import register_resolvers
 
 CONFIG_PATH = "../conf"  # relative to the module holding the @hydra.main function
+
+register_resolvers()  # before any command composes its config
 
 
 def user_errors(main: Callable) -> Callable:
