@@ -99,14 +99,21 @@ def write_failure(out: Path, exc: BaseException, seed: int | None = None) -> Pat
     return write_json_atomic(path, failed(exc, seed))
 
 
-def write_outputs(out: Path, results: dict, frame, country) -> None:
-    """predictions_test.csv, test_errors.png, then results.json (its presence means done)."""
-    from geoguess.plots import plot_errors
+def write_outputs(out: Path, results: dict, frame, country, grid=None) -> list[Path]:
+    """predictions_test.csv, test_errors.png, grid.png (classification), then results.json
+    (its presence means done); returns the maps written."""
+    from geoguess.plots import plot_errors, plot_grid
 
+    maps = []
     if frame is not None and len(frame):
         write_csv_atomic(out / "predictions_test.csv", frame[PREDICTION_COLUMNS])
         plot_errors(country, frame, out / "test_errors.png")
+        maps.append(out / "test_errors.png")
+    if grid is not None:
+        plot_grid(country, grid, out / "grid.png")
+        maps.append(out / "grid.png")
     write_json_atomic(out / RESULTS_FILE, results)
+    return maps
 
 
 def read(out: Path) -> dict:

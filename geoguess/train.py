@@ -127,7 +127,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     model = build_model(cfg, datamodule.fitted, backbone, optimizer, unfreeze)
     if checkpoint is not None:
         ckpt.check_architecture(checkpoint, model.spec())
-    from geoguess.models.loggers import build_loggers, finish
+    from geoguess.models.loggers import build_loggers, finish, log_media
 
     loggers = build_loggers(cfg)
     try:
@@ -152,7 +152,9 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         results = _results(cfg, model, trainer, datamodule, callbacks, best)
         if trainer.is_global_zero:
-            results_mod.write_outputs(out, results, model.test_predictions, country)
+            grid = datamodule.fitted.grid if model.head.num_classes is not None else None
+            maps = results_mod.write_outputs(out, results, model.test_predictions, country, grid)
+            log_media(loggers, maps, model.test_predictions)
             print(results_mod.summary(out, results))
     except SystemExit as exit_:  # Lightning's answer to Ctrl+C: a graceful stop, then exit 1
         raise Interrupted(

@@ -272,7 +272,17 @@ def test_a_sweep_writes_one_folder_per_job_and_survives_a_failed_job(data_root, 
     assert f"{jobs[1]}: " in done.stderr and "2 job(s) of the sweep" in done.stderr
     for job in (jobs[0], jobs[2]):
         # One W&B run per job (wandb.finish() between them), offline, in the job's directory.
-        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+        (offline,) = (job / "wandb").glob("offline-run-*")
+        # Ready for W&B's panels: the maps as images, the predictions as a table, and each
+        # swept setting as a top-level config key.
+        names = [p.name for p in offline.rglob("*") if p.is_file()]
+        assert any(n.startswith("test_errors") and n.endswith(".png") for n in names), names
+        assert any(n.startswith("grid") and n.endswith(".png") for n in names), names
+        assert any(n.endswith(".table.json") for n in names), names
+        # The offline log (protobuf): a config item keyed exactly by the override, then its value.
+        (record,) = offline.glob("run-*.wandb")
+        logged = record.read_bytes()
+        assert b"\x0cgrid.spacing\x82" in logged and b"\x0coptimizer.lr\x82" in logged
         # The printed checkpoint path works pasted unquoted into the next command.
         best = json.loads((job / "results.json").read_text())["best_checkpoint"]
         assert not set(best) & set("=, '\"")

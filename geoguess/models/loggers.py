@@ -142,6 +142,19 @@ def _hydra_config():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def log_media(loggers, maps: list[Path], predictions) -> None:
+    """The run's maps as W&B images and its test predictions as a W&B table."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers or []:
+        if not isinstance(logger, WandbLogger):
+            continue
+        for path in maps:
+            logger.log_image(key=f"maps/{Path(path).stem}", images=[str(path)])
+        if predictions is not None and len(predictions):
+            logger.log_table(key="test/predictions", dataframe=predictions)
+
+
 def finish(loggers) -> None:
     """End the W&B run of this job (a multirun's next job must start a new one) and say once
     where an offline run lies and how to upload it."""

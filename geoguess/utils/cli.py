@@ -40,10 +40,10 @@ def check_missing(cfg) -> None:
         cfg = cfg.copy()
         with open_dict(cfg):
             del cfg["hydra"]
-    missing = OmegaConf.missing_keys(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         example = "data.root=/path/to/dataset" if "data.root" in missing else f"{missing[0]}=..."
-        raise GeoguessError(f"{', '.join(sorted(missing))} must be given, e.g. {example}")
+        raise GeoguessError(f"{', '.join(missing)} must be given, e.g. {example}")
 
 
 def instantiate(node, *args, **kwargs):
