@@ -78,7 +78,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("head") == ["classification", "regression"]
     assert options("optimizer") == ["adam", "adamw"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau"]
-    assert options("unfreeze") == ["at_epoch", "gradual", "never"]
+    assert options("unfreeze") == ["at_epoch", "frozen", "gradual", "never"]
     assert options("trainer") == ["cpu", "ddp", "gpu"]
     assert options("image") == ["112px", "224px", "56px", "64px"]
     assert options("callbacks") == ["default", "with_early_stopping"]
@@ -171,7 +171,7 @@ def test_unfreeze_options_instantiate(name, tmp_path):
     with composed([f"unfreeze={name}"], tmp_path) as cfg:
         callback = instantiate(cfg.unfreeze)
     assert isinstance(callback, unfreeze.BackboneUnfreeze)
-    assert callback.backbone_lr == (None if name == "never" else 1e-4)
+    assert callback.backbone_lr == (None if name in ("never", "frozen") else 1e-4)
 
 
 def test_trainer_options_instantiate_or_say_why(tmp_path):
@@ -492,7 +492,10 @@ def test_training_step_and_nan_loss(fitted):
     with torch.no_grad():
         module.head.linear.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="loss became nan"):
-        module.training_step(batch, 1)
+        module.training_step(batch, 0)  # checked on the host every check_finite_every steps
+    module.training_step(batch, 1)  # no host sync here ...
+    with pytest.raises(NonFiniteLossError, match="not finite in one of the last 25 steps"):
+        module.on_train_epoch_end()  # ... but the epoch cannot end on it
 
 
 def test_checkpoint_extras_are_plain_data_that_rebuild_the_module(fitted):
@@ -531,6 +534,7 @@ def test_schedules():
         3,
     ]
     assert unfreeze.Never().trainable_stages(0, 4) == 4
+    assert [unfreeze.Frozen().trainable_stages(e, 4) for e in range(3)] == [0, 0, 0]
     with pytest.raises(GeoguessError):
         unfreeze.Gradual(0)
 

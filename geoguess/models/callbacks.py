@@ -178,10 +178,14 @@ def _to_log_files(line: str) -> None:
             handler.handle(record)
 
 
-def terminal_progress_bar():
-    """A progress bar when the output is a terminal; None (no bar) when it is piped."""
+def terminal_progress_bar(refresh_rate: int = 10):
+    """A progress bar when the output is a terminal; None (no bar) when it is piped.
+
+    Redrawn every `refresh_rate` steps: each redraw reads the logged loss on the host, which
+    waits for the GPU.
+    """
     if not sys.stdout.isatty():
         return None
     from lightning.pytorch.callbacks import RichProgressBar
 
-    return RichProgressBar()
+    return RichProgressBar(refresh_rate=refresh_rate)

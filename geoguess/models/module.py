@@ -50,6 +50,8 @@ class GeoguessModule(L.LightningModule):
         dropout: float = 0.0,
         normalize: str = "auto",
         channels_last: bool | None = None,
+        compile: bool = False,
+        check_finite_every: int = 25,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         backbone_lr: float | None = None,
@@ -70,6 +72,11 @@ class GeoguessModule(L.LightningModule):
         self.fitted = fitted
         self.config = config or {}
         self.channels_last = channels_last
+        if compile:
+            self.backbone.compile()  # in place: the state_dict keeps its keys
+        # The NaN check reads the loss on the host, a device sync: every N steps, not each.
+        self.check_finite_every = max(1, int(check_finite_every))
+        self._finite = None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.backbone_lr = backbone_lr
@@ -112,13 +119,10 @@ class GeoguessModule(L.LightningModule):
         if len(batch["uuid"]) == 0:
             return None  # every location of the batch was unreadable
         loss = self.head.loss(self(batch["images"]), batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {self.global_step}; lower optimizer.lr (now "
-                f"{self._base_lr()}), use gradient clipping (trainer.gradient_clip_val=1.0) "
-                "or precision 32-true, and check the data"
-            )
+        finite = torch.isfinite(loss.detach())
+        self._finite = finite if self._finite is None else self._finite & finite
+        if batch_idx % self.check_finite_every == 0:
+            self._check_finite(loss)
         n = len(batch["uuid"])
         # Two names, because Lightning would suffix one name logged both ways (_step, _epoch).
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
@@ -126,6 +130,24 @@ class GeoguessModule(L.LightningModule):
             "train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True
         )
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._finite is not None:
+            self._check_finite(None)
+
+    def _check_finite(self, loss: torch.Tensor | None) -> None:
+        finite, self._finite = bool(self._finite), None
+        if not finite:
+            if loss is not None and not torch.isfinite(loss):
+                value = f" became {loss.item()}"
+            else:
+                value = f" was not finite in one of the last {self.check_finite_every} steps"
+            raise NonFiniteLossError(
+                f"the training loss{value} at epoch {self.current_epoch}, "
+                f"step {self.global_step}; lower optimizer.lr (now "
+                f"{self._base_lr()}), use gradient clipping (trainer.gradient_clip_val=1.0) "
+                "or precision 32-true, and check the data"
+            )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)

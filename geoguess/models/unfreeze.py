@@ -55,6 +55,13 @@ class Never(BackboneUnfreeze):
         return num_stages
 
 
+class Frozen(BackboneUnfreeze):
+    """The backbone never trains: a linear probe of its (pretrained) features."""
+
+    def trainable_stages(self, epoch: int, num_stages: int) -> int:
+        return 0
+
+
 class AtEpoch(BackboneUnfreeze):
     """The backbone is frozen (eval mode) until `epoch`, then trains entirely."""
 
@@ -112,4 +119,4 @@ def apply_schedule(backbone: nn.Module, trainable: int) -> None:
             module.train(index >= first_trainable and backbone.training)
 
 
-__all__ = ["AtEpoch", "BackboneUnfreeze", "Gradual", "Never", "apply_schedule"]
+__all__ = ["AtEpoch", "BackboneUnfreeze", "Frozen", "Gradual", "Never", "apply_schedule"]
