@@ -83,6 +83,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     its fitted data is reused instead of fitting again on today's data.
     """
     import lightning as L
+    import torch.distributed as dist
 
     from geoguess import results as results_mod
     from geoguess import runs
@@ -115,8 +116,6 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     if runs.global_rank() == 0:
         datamodule.prepare_data()
     if distributed:
-        import torch.distributed as dist
-
         dist.barrier()
     datamodule.setup("fit")
     if datamodule.splits["val"].empty:
@@ -127,6 +126,12 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     model = build_model(cfg, datamodule.fitted, backbone, optimizer, unfreeze)
     if checkpoint is not None:
         ckpt.check_architecture(checkpoint, model.spec())
+    elif _feature_cache_applies(cfg, model, unfreeze, datamodule):
+        if runs.global_rank() == 0:
+            build_feature_cache(model, datamodule)
+        if distributed:
+            dist.barrier()
+        model.feature_cache = build_feature_cache(model, datamodule)  # rank 0 made it: a load
     from geoguess.models.loggers import build_loggers, finish, log_media
 
     loggers = build_loggers(cfg)
@@ -167,6 +172,47 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
 
 
 # -- building -----------------------------------------------------------------------------------
+
+
+def _feature_cache_applies(cfg: DictConfig, model, unfreeze, datamodule) -> bool:
+    """Cached features stand for the backbone while it is frozen (from the first epoch) and
+    sees the images as they are cached (no augmentation)."""
+    from geoguess.models.unfreeze import Never
+
+    return bool(
+        model.use_feature_cache
+        and not isinstance(unfreeze, Never)
+        and unfreeze.trainable_stages(0, 1) == 0
+        and not cfg.data.get("augment", False)
+        and datamodule.report.cache is not None
+    )
+
+
+def build_feature_cache(model, datamodule):
+    """The per-view features of every cached location, computed once for this backbone."""
+    import torch
+
+    from geoguess.models.feature_cache import FeatureCache, feature_key, weights_digest
+    from geoguess.models.module import backbone_name
+
+    image_cache = datamodule.report.cache
+    key = feature_key(
+        backbone_name(model.backbone),
+        weights_digest(model.backbone),
+        image_cache.key,
+        image_cache.image_size,
+        model.input_mean.flatten().tolist(),
+        model.input_std.flatten().tolist(),
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return FeatureCache.build_or_load(
+                image_cache.data_path.parent, key, image_cache.open(), model.encode_views
+            )
+    finally:
+        model.train(was_training)
 
 
 def _join_launched_ranks(cfg: DictConfig) -> bool:

@@ -532,3 +532,38 @@ def test_piped_output_has_a_line_per_epoch_and_little_else(data_root, tmp_path):
     assert len(output.strip().splitlines()) <= 25, output
     log = (tmp_path / "run" / "train.log").read_text()
     assert "epoch 2/2" in log and "val" in log
+
+
+def test_a_frozen_backbone_computes_its_features_once(data_root, tmp_path, monkeypatch):
+    """unfreeze=frozen without augmentation: the backbone runs once per location (to fill the
+    feature cache), never in the epochs; the results equal a run without the cache."""
+    from geoguess.models.module import GeoguessModule
+
+    calls = []
+    encode = GeoguessModule.encode_views
+
+    def counting(self, images):
+        calls.append(len(images))
+        return encode(self, images)
+
+    monkeypatch.setattr(GeoguessModule, "encode_views", counting)
+    base = [*FAST, *folder_data(data_root), "data.split_by=hash", "unfreeze=frozen"]
+    base += ["trainer.max_epochs=3", "trainer.limit_test_batches=null"]
+    cached = run_training(base, tmp_path / "cached")
+    n_locations = 80
+    assert sum(calls) == n_locations  # the cache, filled once; the epochs read it
+    (feature_file,) = (data_root / ".geoguess-cache").rglob("features-*.npy")
+    calls.clear()
+    again = run_training(base, tmp_path / "again")
+    assert calls == [] and again == pytest.approx(
+        {
+            **cached,
+            "best_checkpoint": again["best_checkpoint"],
+            "train_seconds": again["train_seconds"],
+        }
+    )
+    plain = run_training([*base, "model.feature_cache=false"], tmp_path / "plain")
+    assert sum(calls) > n_locations  # every epoch through the backbone
+    for key in ("val_haversine_km", "test_haversine_km", "test_median_km"):
+        assert plain[key] == pytest.approx(cached[key], abs=1e-3), key
+    assert feature_file.stat().st_size > 0

@@ -127,6 +127,8 @@ class GeoguesserDataset(Dataset):
             "class_id": torch.tensor(self.class_ids[i], dtype=torch.int64),
             "uuid": self.uuids[i],
             "index": torch.tensor(i, dtype=torch.int64),
+            # The image cache's row (-1 without a cache): the key of cached backbone features.
+            "row": torch.tensor(self.rows[i] if self.rows is not None else -1, dtype=torch.int64),
         }
 
     def collate(self, items: list[dict | None]) -> dict:
@@ -142,4 +144,5 @@ class GeoguesserDataset(Dataset):
             "class_id": torch.zeros(0, dtype=torch.int64),
             "uuid": [],
             "index": torch.zeros(0, dtype=torch.int64),
+            "row": torch.zeros(0, dtype=torch.int64),
         }

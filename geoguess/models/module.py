@@ -52,6 +52,7 @@ class GeoguessModule(L.LightningModule):
         channels_last: bool | None = None,
         compile: bool = False,
         check_finite_every: int = 25,
+        feature_cache: bool = True,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         backbone_lr: float | None = None,
@@ -83,22 +84,41 @@ class GeoguessModule(L.LightningModule):
         mean, std = input_stats or _input_stats(backbone, fitted, normalize, pretrained)
         self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # Set by the training run when the backbone starts frozen and the images are not
+        # augmented (see feature_cache.py); dropped for good once any backbone stage trains.
+        self.use_feature_cache = bool(feature_cache)
+        self.feature_cache = None
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
         self.test_predictions: pd.DataFrame | None = None
         self.test_metrics: dict[str, float] = {}
 
     # -- forward ------------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 4, 3, H, W]` in 0..255 -> head output (logits or normalised x, y)."""
+    def forward(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, 4, 3, H, W]` in 0..255 -> head output (logits or normalised x, y). With the
+        image cache `rows` of the locations, cached backbone features are used when valid."""
+        if rows is not None and self.feature_cache is not None:
+            features = self.feature_cache.lookup(rows, self.device)
+        else:
+            features = self.encode_views(images)
+        with no_autocast(features):  # fusion and head in float32 (see heads.py)
+            return self.head(self.dropout(self.fusion(features.float())))
+
+    def encode_views(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of each view, `[B, 4, F]`."""
         b, v = images.shape[:2]
         x = images.flatten(0, 1)  # the four views go through the backbone as one batch
         x = (x.float() / 255.0 - self.input_mean) / self.input_std
         if self._use_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x).reshape(b, v, -1)
-        with no_autocast(features):  # fusion and head in float32 (see heads.py)
-            return self.head(self.dropout(self.fusion(features.float())))
+        return self.backbone(x).reshape(b, v, -1)
+
+    def on_train_epoch_start(self) -> None:
+        # After the unfreeze schedule (a callback) has set this epoch's trainable stages.
+        if self.feature_cache is not None and any(
+            p.requires_grad for p in self.backbone.parameters()
+        ):
+            self.feature_cache = None
 
     def _use_channels_last(self) -> bool:
         if self.channels_last is None:
@@ -118,7 +138,7 @@ class GeoguessModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if len(batch["uuid"]) == 0:
             return None  # every location of the batch was unreadable
-        loss = self.head.loss(self(batch["images"]), batch)
+        loss = self.head.loss(self(batch["images"], batch.get("row")), batch)
         finite = torch.isfinite(loss.detach())
         self._finite = finite if self._finite is None else self._finite & finite
         if batch_idx % self.check_finite_every == 0:
@@ -158,7 +178,7 @@ class GeoguessModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: dict) -> None:
         if len(batch["uuid"]) == 0:
             return
-        output = self(batch["images"])
+        output = self(batch["images"], batch.get("row"))
         loss = self.head.loss(output, batch)
         self.log(
             f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["uuid"]), sync_dist=True

@@ -1,0 +1,78 @@
+"""Backbone features computed once: while the backbone is frozen and the images are not
+augmented, every epoch would compute the same features again.
+
+The per-view features of every location of the image cache (`float32 [N, 4, F]`, a `.npy` beside
+the image cache) are keyed by the backbone's architecture and weights, the image size and
+dataset, and the input normalisation, so a sweep over heads, grids, smoothing or fusions on one
+frozen backbone computes them once and then trains in seconds per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from geoguess.utils.io import make_temp_file
+
+log = logging.getLogger(__name__)
+
+BATCH_LOCATIONS = 16
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_key(arch: str, weights: str, image_cache_key: str, image_size: int, mean, std) -> str:
+    text = json.dumps([arch, weights, image_cache_key, image_size, list(mean), list(std)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    """Cached features, looked up by image cache row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.array = np.load(self.path, mmap_mode="r")
+
+    def lookup(self, rows: torch.Tensor, device) -> torch.Tensor:
+        """`float32 [B, 4, F]` for the image cache rows `rows`."""
+        picked = np.asarray(self.array[np.asarray(rows.cpu())])
+        return torch.from_numpy(picked).to(device)
+
+    @classmethod
+    def build_or_load(cls, folder: Path, key: str, images, encode) -> FeatureCache:
+        """The cache `key` in `folder`, computed first when absent: `encode(uint8 [b, 4, 3, S, S])`
+        gives `[b, 4, F]` features; `images` is the image cache's array."""
+        path = Path(folder) / f"features-{key}.npy"
+        if path.is_file():
+            return cls(path)
+        log.info("computing backbone features of %d locations once (%s)", len(images), path.name)
+        tmp = make_temp_file(folder, path.name, suffix=".npy")
+        try:
+            array = None
+            for start in range(0, len(images), BATCH_LOCATIONS):
+                block = torch.from_numpy(np.array(images[start : start + BATCH_LOCATIONS]))
+                features = encode(block).float().cpu().numpy()
+                if array is None:
+                    shape = (len(images), *features.shape[1:])
+                    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                array[start : start + len(features)] = features
+            array.flush()
+            del array
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(path)
