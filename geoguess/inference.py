@@ -44,6 +44,8 @@ def predict(
     num_workers: int = 0,
     device: str = "auto",
     progress: bool = True,
+    tta: str = "none",
+    refine: str = "none",
 ) -> tuple[pd.DataFrame, list]:
     """Predictions for every location folder of `root` (`uuid, latitude, longitude,
     true_latitude, true_longitude, error_km`, NaN without coordinates in data.csv), and the
@@ -57,25 +59,31 @@ def predict(
 
     device = _device(device)
     model, fitted = load_for_inference(checkpoint, device)
+    configure(model, checkpoint, tta, refine)
     frame, failures = prediction_frame(root)
     loader = prediction_loader(frame, fitted.image_size, batch_size, num_workers)
-    uuids, lats, lons, true = [], [], [], []
+    uuids, lats, lons, true, radii = [], [], [], [], []
     bar = tqdm(loader, desc="predicting", unit="batch", disable=None if progress else True)
     with torch.inference_mode():
         for batch in bar:
             failures += batch["failures"]
             if not batch["uuid"]:
                 continue
-            lat, lon = model.predict_latlon(batch["images"].to(device))
+            guess = model.guess(batch["images"].to(device))
+            lat, lon, _ = model.head.decode(guess["xy"].cpu().numpy())
             uuids += batch["uuid"]
             lats.append(lat)
             lons.append(lon)
             true.append(batch["latlon"])
+            radii.append(torch.stack([guess["radius50"], guess["radius90"]], -1).cpu().numpy())
     if not uuids:
         raise DataError(f"no location of {root} could be read")
     true = np.concatenate(true)
     lat, lon = np.concatenate(lats), np.concatenate(lons)
     predictions = pd.DataFrame({"uuid": uuids, "latitude": lat, "longitude": lon})
+    if model.radius_scale is not None:
+        radii = np.concatenate(radii)
+        predictions["radius50_km"], predictions["radius90_km"] = radii[:, 0], radii[:, 1]
     predictions["true_latitude"], predictions["true_longitude"] = true[:, 0], true[:, 1]
     known = np.isfinite(true).all(axis=1)
     predictions["error_km"] = np.nan
@@ -85,6 +93,23 @@ def predict(
         )
         predictions.loc[known, "error_km"] = scored["error_km"].to_numpy()
     return predictions, sorted(failures, key=lambda f: (f.uuid, f.file))
+
+
+def configure(model, checkpoint, tta: str, refine: str) -> None:
+    """Test-time augmentation, retrieval refinement and calibrated radii for prediction."""
+    from geoguess.models.refinement import REFINE, TTA, load_extras
+
+    if tta not in TTA or refine not in REFINE:
+        raise GeoguessError(
+            f"tta={tta!r} / refine={refine!r}: choose from {', '.join(TTA)} / {', '.join(REFINE)}"
+        )
+    model.radius_scale, model.retrieval = load_extras(checkpoint)
+    if refine == "knn" and model.retrieval is None:
+        raise GeoguessError(
+            f"refine=knn needs the training split's embeddings, kept beside the checkpoint by "
+            f"a run trained with model.refine=knn; {checkpoint} has none"
+        )
+    model.tta, model.refine = tta, refine
 
 
 def failure_message(failures: list, total: int) -> str:

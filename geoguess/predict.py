@@ -43,10 +43,14 @@ def run(cfg: DictConfig) -> Path:
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         device=cfg.device,
+        tta=cfg.tta,
+        refine=cfg.refine,
     )
     if failures and cfg.on_invalid == "error":
         raise DataError(failure_message(failures, len(frame) + len({f.uuid for f in failures})))
-    write_csv_atomic(output, frame[["uuid", "latitude", "longitude"]], overwrite=cfg.overwrite)
+    columns = ["uuid", "latitude", "longitude"]
+    columns += [c for c in ("radius50_km", "radius90_km") if c in frame]
+    write_csv_atomic(output, frame[columns], overwrite=cfg.overwrite)
     print(f"wrote {len(frame)} predictions to {output}")
     if failures:
         write_csv_atomic(skipped_path, failure_frame(failures), overwrite=cfg.overwrite)

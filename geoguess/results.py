@@ -22,6 +22,8 @@ RESULT_KEYS = (
     "test_acc_25km",
     "test_acc_100km",
     "test_geoguessr_score",
+    "test_coverage50",
+    "test_coverage90",
     "baseline_test_haversine_km",
     "num_classes",
     "best_checkpoint",
@@ -39,6 +41,8 @@ PREDICTION_COLUMNS = [
     "error_km",
     "snapped",
     "error_km_unsnapped",
+    "radius50_km",
+    "radius90_km",
 ]
 
 
@@ -67,6 +71,8 @@ def completed(
         "test_acc_25km": test.get("acc_25km"),
         "test_acc_100km": test.get("acc_100km"),
         "test_geoguessr_score": test.get("geoguessr_score"),
+        "test_coverage50": test.get("coverage50"),
+        "test_coverage90": test.get("coverage90"),
         "baseline_test_haversine_km": baseline_km,
         "num_classes": num_classes,
         "best_checkpoint": best_checkpoint,
@@ -141,6 +147,11 @@ def summary(out: Path, results: dict) -> str:
         f"  GeoGuessr score (of 5000)      {results['test_geoguessr_score'] or 0:.0f}",
         f"  baseline (train mean location) {km(baseline)}",
     ]
+    if results["test_coverage50"] is not None:
+        lines.append(
+            f"  truth within radius50 / 90      {share(results['test_coverage50'])} / "
+            f"{share(results['test_coverage90'])} (calibrated on validation for 50 / 90 %)"
+        )
     if results["test_snapped_share"]:
         lines.append(
             f"  snapped onto land              {share(results['test_snapped_share'])} of the "

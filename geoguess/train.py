@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig
 
 from geoguess.errors import GeoguessError
@@ -154,6 +155,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
             weights_only=True,
         )
         best = _best_checkpoint(callbacks)
+        fit_inference_extras(model, datamodule, trainer, best)
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         results = _results(cfg, model, trainer, datamodule, callbacks, best)
         if trainer.is_global_zero:
@@ -282,6 +284,7 @@ def build_model(cfg: DictConfig, fitted, backbone=None, optimizer=None, unfreeze
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         backbone_lr=unfreeze.backbone_lr,
         pretrained=bool(cfg.backbone.get("pretrained") or cfg.backbone.get("pretrained_file")),
+        tta=cfg.get("tta", "none"),
         config=plain_config(cfg),
     )
 
@@ -339,6 +342,59 @@ def _callbacks(cfg: DictConfig, loggers: list, unfreeze) -> list:
             continue
         callbacks.append(callback)
     return [*callbacks, unfreeze, EpochSeed(cfg.seed), EpochLog()]
+
+
+def fit_inference_extras(model, datamodule, trainer, best: str | None) -> None:
+    """On the best checkpoint's weights: the retrieval index of the training split (with
+    model.refine=knn), then the calibration of the confidence radii on the validation split;
+    kept beside the checkpoint for prediction."""
+    import torch
+
+    from geoguess.models.refinement import Retrieval, radius_scale, save_extras
+
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+    device = trainer.strategy.root_device
+    model.to(device).eval()
+    model.radius_scale = None
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        if model.refine == "knn":
+            parts = _pass(model, datamodule.loader("train", augment=False), device, embed=True)
+            model.retrieval = Retrieval(
+                torch.nn.functional.normalize(parts["fused"], dim=-1),
+                torch.from_numpy(datamodule.fitted.targets.project(*parts["latlon"].T.numpy())),
+                parts["class_id"],
+                **model.refine_settings,
+            )
+        parts = _pass(model, datamodule.loader("val", augment=False), device)
+    lat, lon, _ = model.head.decode(parts["xy"].numpy())
+    from geoguess.geo import haversine_km
+
+    errors = haversine_km(lat, lon, *parts["latlon"].T.numpy())
+    raw = torch.stack([parts["radius50"], parts["radius90"]], dim=-1).numpy()
+    model.radius_scale = tuple(float(v) for v in radius_scale(errors, raw))
+    if best and trainer.is_global_zero:
+        save_extras(best, np.asarray(model.radius_scale), model.retrieval)
+
+
+def _pass(model, loader, device, embed: bool = False) -> dict:
+    """The model's guesses (and with `embed`, fused features) over a loader, on the CPU."""
+    import torch
+
+    collected: dict[str, list] = {}
+    for batch in loader:
+        if not batch["uuid"]:
+            continue
+        images, rows = batch["images"].to(device), batch["row"].to(device)
+        fused = model.embed(images, rows)
+        guess = model.guess(images, fused=fused, output=model.head(model.dropout(fused)))
+        values = {**guess, "latlon": batch["latlon"], "class_id": batch["class_id"]}
+        if embed:
+            values["fused"] = fused.float()
+        for key, value in values.items():
+            collected.setdefault(key, []).append(value.cpu())
+    return {key: torch.cat(value) for key, value in collected.items()}
 
 
 def _progress_bar(cfg: DictConfig, callbacks: list) -> bool:

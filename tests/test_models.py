@@ -75,7 +75,7 @@ def test_every_group_option_of_the_issue_exists():
         "resnext50",
         "tiny",
     ]
-    assert options("head") == ["classification", "regression"]
+    assert options("head") == ["classification", "hybrid", "regression"]
     assert options("optimizer") == ["adam", "adamw"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau"]
     assert options("unfreeze") == ["at_epoch", "frozen", "gradual", "never"]
@@ -115,11 +115,10 @@ def test_head_and_model_options_build_a_module(head, fusion_name, fitted, tmp_pa
     with composed(overrides, tmp_path) as cfg:
         module = build_model(cfg, fitted)
     output = module(batch_of(fitted, 3)["images"])
-    width = fitted.grid.num_classes if head == "classification" else 2
+    c = fitted.grid.num_classes
+    width = {"classification": c, "hybrid": 3 * c, "regression": 2}[head]
     assert output.shape == (3, width)
-    assert module.head.num_classes == (
-        fitted.grid.num_classes if head == "classification" else None
-    )
+    assert module.head.num_classes == (None if head == "regression" else c)
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))
@@ -583,3 +582,87 @@ def test_baseline_is_the_error_of_the_training_mean():
     assert mlat == pytest.approx(45.0, abs=0.01) and mlon == pytest.approx(15.5, abs=1e-3)
     errors = metrics.baseline_errors(lat, lon, np.array([45.0]), np.array([15.5]))
     assert errors[0] < 2.0  # the mean of two points on a parallel bulges north a little
+
+
+# -- hybrid head, refinement, test-time augmentation, confidence --------------------------------
+
+
+def test_hybrid_head_decodes_points_plus_offsets(fitted):
+    head = heads.HybridHead(8, fitted.grid, fitted.targets, fitted.country, snap_to_land=False)
+    c = head.num_classes
+    output = torch.zeros(2, 3 * c, dtype=torch.float64)
+    output[:, :c] = -1e4
+    output[0, 3], output[1, 5] = 0.0, 0.0
+    output[0, c + 2 * 3 : c + 2 * 3 + 2] = torch.tensor([0.5, -0.25])  # class 3's offset
+    xy = head.to_projected(output).numpy()
+    points = head.class_xy.numpy()
+    scale = head.offset_scale_m
+    assert xy[0] == pytest.approx(points[3] + scale * np.array([0.5, -0.25]), abs=1e-6)
+    assert xy[1] == pytest.approx(points[5], abs=1e-6)  # no offset: the class point
+    # Two equally likely cells: "weighted" lands between, "top" on the first one.
+    output[1, 7] = 0.0
+    assert head.to_projected(output)[1].numpy() == pytest.approx(
+        (points[5] + points[7]) / 2, abs=1e-6
+    )
+    top = heads.HybridHead(8, fitted.grid, fitted.targets, fitted.country, decode="top")
+    assert top.to_projected(output)[1].numpy() == pytest.approx(points[5], abs=1e-6)
+    # The loss trains the true cell's offset towards the location.
+    batch = batch_of(fitted, 4)
+    output = torch.zeros(4, 3 * c, requires_grad=True)
+    head.loss(output, batch).backward()
+    ids = batch["class_id"]
+    offset_grad = output.grad[:, c:].reshape(4, c, 2)
+    assert offset_grad[torch.arange(4), ids].abs().sum() > 0
+    others = offset_grad.clone()
+    others[torch.arange(4), ids] = 0
+    assert others.abs().sum() == 0
+
+
+def test_mirror_swaps_east_and_west_and_flips_each_view():
+    from geoguess.models.refinement import mirror_views
+
+    images = torch.arange(2 * 4 * 3 * 2 * 3).reshape(2, 4, 3, 2, 3)
+    mirrored = mirror_views(images)
+    assert torch.equal(mirrored[:, 1], images[:, 3].flip(-1))
+    assert torch.equal(mirrored[:, 3], images[:, 1].flip(-1))
+    assert torch.equal(mirrored[:, 0], images[:, 0].flip(-1))
+    assert torch.equal(mirror_views(mirrored), images)
+
+
+def test_retrieval_moves_to_similar_training_locations_in_likely_cells():
+    from geoguess.models.refinement import Retrieval
+
+    embeddings = torch.nn.functional.normalize(torch.eye(4)[:, :3] + 0.01, dim=-1)
+    xy = torch.tensor([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0], [5e5, 5e5]], dtype=torch.float64)
+    classes = torch.tensor([0, 0, 1, 2])
+    retrieval = Retrieval(embeddings, xy, classes, k=1, cells=1, temperature=0.05)
+    query = embeddings[[1]]
+    # Class 0 likeliest: its most similar location is #1.
+    refined, found = retrieval.refine(query, torch.tensor([[0.8, 0.1, 0.1]]))
+    assert found.item() and refined[0].tolist() == [1000.0, 0.0]
+    # Class 2 likeliest: only location #3 is a candidate, however dissimilar.
+    refined, _ = retrieval.refine(query, torch.tensor([[0.1, 0.1, 0.8]]))
+    assert refined[0].tolist() == [5e5, 5e5]
+    # k=2 within class 0: the softmax-weighted mean of #0 and #1, by similarity.
+    retrieval.k = 2
+    refined, _ = retrieval.refine(query, torch.tensor([[0.8, 0.1, 0.1]]))
+    sims = (embeddings[[0, 1]] @ query[0]).double()
+    weights = torch.softmax(sims / 0.05, dim=0)
+    assert refined[0].numpy() == pytest.approx((weights[:, None] * xy[[0, 1]]).sum(0).numpy())
+
+
+def test_confidence_radius_holds_the_mass_and_calibrates_to_its_quantile(fitted):
+    from geoguess.models.heads import mass_radius_km
+    from geoguess.models.refinement import radius_scale
+
+    places = torch.tensor([[[0.0, 0.0], [3000.0, 0.0], [0.0, 10_000.0]]], dtype=torch.float64)
+    probabilities = torch.tensor([[0.4, 0.3, 0.3]], dtype=torch.float64)
+    at = torch.zeros(1, 2, dtype=torch.float64)
+    assert mass_radius_km(probabilities, places, at, 0.5).item() == pytest.approx(3.0)
+    assert mass_radius_km(probabilities, places, at, 0.9).item() == pytest.approx(10.0)
+    rng = np.random.default_rng(0)
+    errors = rng.exponential(30, 2000)
+    raw = rng.uniform(1, 3, (2000, 2))
+    scale = radius_scale(errors, raw)
+    for i, q in enumerate((0.5, 0.9)):
+        assert np.mean(errors <= raw[:, i] * scale[i]) == pytest.approx(q, abs=0.002)

@@ -68,7 +68,7 @@ def test_predictions_reproduce_the_test_predictions_of_training(trained, data_ro
     assert np.allclose(merged["error_km"], merged["error_km_train"], atol=1e-2)
 
 
-def test_cli_writes_only_uuid_and_coordinates_and_prints_the_error(trained, data_root, tmp_path):
+def test_cli_writes_coordinates_and_radii_and_prints_the_error(trained, data_root, tmp_path):
     output = tmp_path / "out" / "predictions.csv"
     args = [
         f"checkpoint={trained['best_checkpoint']}",
@@ -78,8 +78,8 @@ def test_cli_writes_only_uuid_and_coordinates_and_prints_the_error(trained, data
     done = run_cli("predict", args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pd.read_csv(output)
-    assert list(frame.columns) == ["uuid", "latitude", "longitude"]
-    assert len(frame) == 80
+    assert list(frame.columns) == ["uuid", "latitude", "longitude", "radius50_km", "radius90_km"]
+    assert len(frame) == 80 and (frame["radius90_km"] >= frame["radius50_km"]).all()
     assert "mean error" in done.stdout and " km" in done.stdout
     assert not list(output.parent.glob(".*.tmp"))  # the atomic write left nothing behind
     assert output.stat().st_mode & 0o777 == 0o644

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -79,6 +80,7 @@ PAIRWISE = [
     ("classification", "concat", "at_epoch", "none", ["head.smoothing_km=30"]),
     ("regression", "mean", "gradual", "none", []),
     ("classification", "attention", "never", "plateau", []),
+    ("hybrid", "mean", "at_epoch", "cosine", ["head.decode=top", "model.refine=knn", "tta=mirror"]),
 ]
 
 
@@ -108,9 +110,17 @@ def test_options_pairwise_train_for_real(
     assert spec["fusion"] == fusion and spec["head"]["kind"] == head
     if "image=56px" in extra:
         assert checkpoint["geoguess"]["fitted"]["image_size"] == 56
-    if head == "classification":
+    if head != "regression":
         points = next((e.split("=")[1] for e in extra if e.startswith("head.points")), "clipped")
         assert spec["head"]["points"] == points
+    # Confidence radii, calibrated on validation, and what they cover on the test split.
+    frame = pd.read_csv(tmp_path / "predictions_test.csv")
+    assert (frame["radius90_km"] >= frame["radius50_km"]).all() and (frame["radius50_km"] > 0).all()
+    inside = frame["error_km"] <= frame["radius90_km"]
+    assert results["test_coverage90"] == pytest.approx(inside.mean())
+    extras = np.load(Path(results["best_checkpoint"]).with_suffix(".inference.npz"))
+    assert extras["radius_scale"].shape == (2,)
+    assert ("embeddings" in extras) == ("model.refine=knn" in extra)
     if scheduler == "none":
         assert checkpoint["lr_schedulers"] == []
     else:  # stepped every epoch, or every batch (2 per epoch here) for onecycle

@@ -260,9 +260,18 @@ class GeoDataModule(L.LightningDataModule):
             "invalid": report.n_invalid_rows,
         }
 
-    def _dataset(self, name: str, frame: pd.DataFrame) -> GeoguesserDataset:
+    def loader(self, name: str, augment: bool = False) -> DataLoader:
+        """The split `name` in order, without augmentation unless asked (for passes over the
+        data besides training: retrieval index, calibration)."""
+        if name not in self.datasets:
+            self.setup("fit")
+        dataset = self._dataset(name, self.splits[name], augment=augment)
+        return make_loader(dataset, self.batch_size, self.num_workers)
+
+    def _dataset(self, name: str, frame: pd.DataFrame, augment: bool | None = None):
         lat, lon = frame["latitude"].to_numpy(), frame["longitude"].to_numpy()
-        augment = ViewAugment(self.image_size) if (self.augment and name == "train") else None
+        augment = self.augment and name == "train" if augment is None else augment
+        augment = ViewAugment(self.image_size) if augment else None
         return GeoguesserDataset(
             frame,
             self.image_size,

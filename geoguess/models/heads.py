@@ -57,6 +57,13 @@ class Head(nn.Module):
         """Predicted easting/northing in metres, float64, before any snapping."""
         raise NotImplementedError
 
+    def spread_km(self, output: torch.Tensor, xy: torch.Tensor, q: float) -> torch.Tensor:
+        """Per location, the radius (km) around `xy` holding a share `q` of the predicted
+        probability mass; uncalibrated (the run scales it on validation). A head without a
+        distribution over places returns 1 km everywhere: its calibrated radius is then the
+        validation errors' quantile."""
+        return torch.ones(len(xy), dtype=torch.float64, device=xy.device)
+
     def decode(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Latitude and longitude (float64) of projected predictions, snapped onto land when
         `snap_to_land`; the third array says which predictions were moved."""
@@ -148,8 +155,105 @@ class ClassificationHead(Head):
         with no_autocast(logits):
             return torch.softmax(logits.to(torch.float64), dim=-1) @ self.class_xy
 
+    def class_probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        with no_autocast(output):
+            return torch.softmax(output[:, : self.num_classes].to(torch.float64), dim=-1)
+
+    def place_xy(self, output: torch.Tensor) -> torch.Tensor:
+        """`[B, C, 2]` metres: where each class puts the location (its point)."""
+        return self.class_xy.expand(len(output), -1, -1)
+
+    def spread_km(self, output: torch.Tensor, xy: torch.Tensor, q: float) -> torch.Tensor:
+        return mass_radius_km(self.class_probabilities(output), self.place_xy(output), xy, q)
+
     def spec(self) -> dict:
         return {**super().spec(), "points": self.points, "smoothing_km": self.smoothing_km}
+
+
+def mass_radius_km(
+    probabilities: torch.Tensor, places: torch.Tensor, xy: torch.Tensor, q: float
+) -> torch.Tensor:
+    """The distance from `xy` within which the places (`[B, C, 2]` m) hold mass `q`."""
+    with no_autocast(places):
+        distance = torch.linalg.vector_norm(places - xy[:, None, :], dim=-1) / 1000.0
+        order = distance.argsort(dim=-1)
+        mass = probabilities.gather(-1, order).cumsum(-1)
+        first = (mass < q).sum(-1, keepdim=True).clamp(max=distance.shape[-1] - 1)
+        return distance.gather(-1, order).gather(-1, first).squeeze(-1).clamp(min=0.1)
+
+
+class HybridHead(ClassificationHead):
+    """Classification over the cells plus, per cell, a regression of the offset of the
+    location from the cell's point (OSV-5M's hybrid), trained jointly.
+
+    Outputs `C` logits and `2C` offsets in units of `offset_scale_m` (about a cell's width).
+    Decoding: `weighted` = sum over cells of p_c (point_c + offset_c); `top` = the most likely
+    cell's point plus its offset.
+    """
+
+    kind = "hybrid"
+
+    def __init__(
+        self,
+        in_features: int,
+        grid: ClassGrid,
+        targets: TargetSpace,
+        country: Country | None = None,
+        points: str = "clipped",
+        smoothing_km: float | None = None,
+        snap_to_land: bool = True,
+        decode: str = "weighted",
+        offset_weight: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, grid, targets, country, points, smoothing_km, snap_to_land)
+        if decode not in ("weighted", "top"):
+            raise GeoguessError(f"head.decode={decode!r} is not weighted or top")
+        self.decode_mode = decode
+        self.offset_weight = float(offset_weight)
+        c = self.num_classes
+        self.linear = nn.Linear(in_features, 3 * c)
+        nn.init.zeros_(self.linear.weight[c:])
+        nn.init.zeros_(self.linear.bias[c:])
+        area = country.projected_geometry.area if country is not None else 1e10
+        self.offset_scale_m = float(np.sqrt(area / c))
+        # The batch's `target` is the location min-max normalised over the training range.
+        self.register_buffer(
+            "target_scale", torch.tensor(targets.scale(), dtype=torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "target_offset", torch.tensor(targets.offset(), dtype=torch.float64), persistent=False
+        )
+
+    def offsets_m(self, output: torch.Tensor) -> torch.Tensor:
+        with no_autocast(output):
+            c = self.num_classes
+            raw = output[:, c:].to(torch.float64).reshape(len(output), c, 2)
+            return raw * self.offset_scale_m
+
+    def place_xy(self, output: torch.Tensor) -> torch.Tensor:
+        return self.class_xy[None] + self.offsets_m(output)
+
+    def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
+        with no_autocast(output):
+            c = self.num_classes
+            classification = super().loss(output[:, :c], batch)
+            truth = batch["target"].to(torch.float64) * self.target_scale + self.target_offset
+            ids = batch["class_id"]
+            wanted = (truth - self.class_xy[ids]) / self.offset_scale_m
+            predicted = output[:, c:].float().reshape(len(output), c, 2)
+            chosen = predicted[torch.arange(len(ids), device=ids.device), ids]
+            return classification + self.offset_weight * F.mse_loss(chosen, wanted.float())
+
+    def to_projected(self, output: torch.Tensor) -> torch.Tensor:
+        probabilities = self.class_probabilities(output)
+        places = self.place_xy(output)
+        if self.decode_mode == "top":
+            top = probabilities.argmax(-1)
+            return places[torch.arange(len(top), device=top.device), top]
+        return (probabilities[..., None] * places).sum(1)
+
+    def spec(self) -> dict:
+        return {**super().spec(), "decode": self.decode_mode, "offset_weight": self.offset_weight}
 
 
 class RegressionHead(Head):
@@ -191,7 +295,11 @@ class RegressionHead(Head):
             return output.to(torch.float64).clamp(0.0, 1.0) * self.scale + self.offset
 
 
-HEADS: dict[str, type[Head]] = {"classification": ClassificationHead, "regression": RegressionHead}
+HEADS: dict[str, type[Head]] = {
+    "classification": ClassificationHead,
+    "regression": RegressionHead,
+    "hybrid": HybridHead,
+}
 # The plain settings each kind takes from a checkpoint, with their types.
 HEAD_SETTINGS: dict[str, dict[str, tuple[type, ...]]] = {
     "classification": {
@@ -200,6 +308,13 @@ HEAD_SETTINGS: dict[str, dict[str, tuple[type, ...]]] = {
         "snap_to_land": (bool,),
     },
     "regression": {"snap_to_land": (bool,)},
+    "hybrid": {
+        "points": (str,),
+        "smoothing_km": (float, int, type(None)),
+        "snap_to_land": (bool,),
+        "decode": (str,),
+        "offset_weight": (float, int),
+    },
 }
 
 

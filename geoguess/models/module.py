@@ -22,6 +22,7 @@ from geoguess import metrics
 from geoguess.errors import GeoguessError
 from geoguess.models.fusion import FUSIONS, create_fusion
 from geoguess.models.heads import build_head, no_autocast
+from geoguess.models.refinement import QUANTILES, REFINE, TTA, Retrieval, mirror_views
 
 CHECKPOINT_KEY = "geoguess"
 CHECKPOINT_VERSION = 2
@@ -53,6 +54,11 @@ class GeoguessModule(L.LightningModule):
         compile: bool = False,
         check_finite_every: int = 25,
         feature_cache: bool = True,
+        tta: str = "none",
+        refine: str = "none",
+        refine_k: int = 16,
+        refine_cells: int = 3,
+        refine_temperature: float = 0.05,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         backbone_lr: float | None = None,
@@ -88,8 +94,29 @@ class GeoguessModule(L.LightningModule):
         # augmented (see feature_cache.py); dropped for good once any backbone stage trains.
         self.use_feature_cache = bool(feature_cache)
         self.feature_cache = None
+        if tta not in TTA or refine not in REFINE:
+            raise GeoguessError(
+                f"tta={tta!r} / model.refine={refine!r}: choose tta from {', '.join(TTA)} "
+                f"and model.refine from {', '.join(REFINE)}"
+            )
+        if refine == "knn" and not hasattr(self.head, "class_probabilities"):
+            raise GeoguessError(
+                "model.refine=knn looks in the likeliest cells: a classification "
+                "or hybrid head, not head=regression"
+            )
+        self.tta, self.refine = tta, refine
+        self.refine_settings = {
+            "k": int(refine_k),
+            "cells": int(refine_cells),
+            "temperature": float(refine_temperature),
+        }
+        # Fitted after training on the best checkpoint (validation and training splits) and
+        # kept beside it: the radii's calibration and the retrieval index.
+        self.radius_scale: tuple[float, float] | None = None
+        self.retrieval: Retrieval | None = None
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
         self.test_predictions: pd.DataFrame | None = None
+        self.val_predictions: pd.DataFrame | None = None
         self.test_metrics: dict[str, float] = {}
 
     # -- forward ------------------------------------------------------------------------------
@@ -97,12 +124,35 @@ class GeoguessModule(L.LightningModule):
     def forward(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, 4, 3, H, W]` in 0..255 -> head output (logits or normalised x, y). With the
         image cache `rows` of the locations, cached backbone features are used when valid."""
+        return self.head(self.dropout(self.embed(images, rows)))
+
+    def embed(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused features of each location, `[B, D]` float32."""
         if rows is not None and self.feature_cache is not None:
             features = self.feature_cache.lookup(rows, self.device)
         else:
             features = self.encode_views(images)
         with no_autocast(features):  # fusion and head in float32 (see heads.py)
-            return self.head(self.dropout(self.fusion(features.float())))
+            return self.fusion(features.float())
+
+    @torch.no_grad()
+    def guess(self, images, rows=None, fused=None, output=None) -> dict[str, torch.Tensor]:
+        """The final guess of each location: `xy` (metres, before snapping), with test-time
+        augmentation and retrieval refinement as configured, and `radius50`/`radius90` (km;
+        calibrated once `radius_scale` is set)."""
+        if fused is None:
+            fused = self.embed(images, rows)
+            output = self.head(self.dropout(fused))
+        head = self.head
+        xy = head.to_projected(output)
+        if self.tta == "mirror":
+            xy = (xy + head.to_projected(self(mirror_views(images)))) / 2
+        if self.refine == "knn" and self.retrieval is not None:
+            refined, found = self.retrieval.refine(fused, head.class_probabilities(output))
+            xy = torch.where(found[:, None], refined, xy)
+        scale = self.radius_scale or (1.0, 1.0)
+        radii = [head.spread_km(output, xy, q) * scale[i] for i, q in enumerate(QUANTILES)]
+        return {"xy": xy, "radius50": radii[0], "radius90": radii[1]}
 
     def encode_views(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's features of each view, `[B, 4, F]`."""
@@ -131,7 +181,8 @@ class GeoguessModule(L.LightningModule):
 
     @torch.no_grad()
     def predict_latlon(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        return self.head.to_latlon(self(images))
+        lat, lon, _ = self.head.decode(self.guess(images)["xy"].cpu().numpy())
+        return lat, lon
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -178,14 +229,16 @@ class GeoguessModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: dict) -> None:
         if len(batch["uuid"]) == 0:
             return
-        output = self(batch["images"], batch.get("row"))
+        fused = self.embed(batch["images"], batch.get("row"))
+        output = self.head(self.dropout(fused))
         loss = self.head.loss(output, batch)
         self.log(
             f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["uuid"]), sync_dist=True
         )
+        guess = self.guess(batch["images"], fused=fused, output=output)
         self._outputs[stage].append(
             {
-                "xy": self.head.to_projected(output).detach(),
+                **guess,
                 "latlon": batch["latlon"].to(torch.float64),
                 "index": batch["index"].to(torch.int64),
             }
@@ -203,6 +256,7 @@ class GeoguessModule(L.LightningModule):
         frame = self._gather_frame("val")
         if frame is None:
             return
+        self.val_predictions = frame
         stats = metrics.error_stats(frame["error_km"].to_numpy())
         # Every rank holds the same gathered values: syncing them changes nothing but keeps
         # the ranks' checkpoint decisions in step.
@@ -218,6 +272,10 @@ class GeoguessModule(L.LightningModule):
         stats["geoguessr_score"] = metrics.geoguessr_score(frame["error_km"].to_numpy(), diagonal)
         if frame["snapped"].any():
             stats["haversine_km_unsnapped"] = float(frame["error_km_unsnapped"].mean())
+        if self.radius_scale is not None:
+            for q, column in zip(QUANTILES, ("radius50_km", "radius90_km"), strict=True):
+                inside = frame["error_km"] <= frame[column]
+                stats[f"coverage{int(q * 100)}"] = float(inside.mean())
         for name, value in stats.items():
             self.log(f"test/{name}", value, sync_dist=True)
         self.test_metrics = stats
@@ -226,22 +284,17 @@ class GeoguessModule(L.LightningModule):
     def _gather_frame(self, stage: str) -> pd.DataFrame | None:
         """Every location of the epoch (all ranks, each once): predictions, truth, km."""
         outputs, self._outputs[stage] = self._outputs[stage], []
-        device = self.device
-        if outputs:
-            xy = torch.cat([o["xy"] for o in outputs])
-            latlon = torch.cat([o["latlon"] for o in outputs])
-            index = torch.cat([o["index"] for o in outputs])
-        else:
-            xy = torch.zeros((0, 2), dtype=torch.float64, device=device)
-            latlon, index = xy.clone(), torch.zeros(0, dtype=torch.int64, device=device)
+        if not outputs:
+            return None  # (DDP: a rank without locations; Lightning gives each rank some)
+        keys = ("xy", "latlon", "index", "radius50", "radius90")
+        parts = {k: torch.cat([o[k] for o in outputs]) for k in keys}
         if self.trainer is not None and self.trainer.world_size > 1:
-            xy, latlon, index = (_gather_uneven(t) for t in (xy, latlon, index))
-        index = index.cpu().numpy()
-        if not len(index):
-            return None
+            parts = {k: _gather_uneven(t) for k, t in parts.items()}
+        parts = {k: t.cpu().numpy() for k, t in parts.items()}
         # DistributedSampler pads ranks with repeated locations: count each location once.
-        _, first = np.unique(index, return_index=True)
-        xy, latlon, index = xy.cpu().numpy()[first], latlon.cpu().numpy()[first], index[first]
+        _, first = np.unique(parts["index"], return_index=True)
+        parts = {k: v[first] for k, v in parts.items()}
+        xy, latlon, index = parts["xy"], parts["latlon"], parts["index"]
         uuids = self._split_uuids(stage)
         lat, lon, snapped = self.head.decode(xy)
         frame = metrics.prediction_frame(
@@ -252,6 +305,7 @@ class GeoguessModule(L.LightningModule):
         frame["error_km_unsnapped"] = metrics.prediction_frame(
             frame["uuid"], raw_lat, raw_lon, latlon[:, 0], latlon[:, 1]
         )["error_km"].to_numpy()
+        frame["radius50_km"], frame["radius90_km"] = parts["radius50"], parts["radius90"]
         return frame
 
     def _split_uuids(self, stage: str) -> list[str]:
