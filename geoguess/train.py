@@ -133,7 +133,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         if distributed:
             dist.barrier()
         model.feature_cache = build_feature_cache(model, datamodule)  # rank 0 made it: a load
-    from geoguess.models.loggers import build_loggers, finish, log_media
+    from geoguess.models.loggers import build_loggers, define_summaries, finish, log_media
 
     loggers = build_loggers(cfg)
     try:
@@ -147,6 +147,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         )
         for logger in loggers:
             logger.log_hyperparams({**model.config, **getattr(logger, "swept", {})})
+        define_summaries(loggers)
         log.info("%s: %s", out, _describe(model, datamodule))
         trainer.fit(
             model,

@@ -142,6 +142,16 @@ def _hydra_config():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def define_summaries(loggers) -> None:
+    """W&B's run summary of the validation error is its best epoch, not its last one."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers or []:
+        if isinstance(logger, WandbLogger):
+            for name in ("val/haversine_km", "val/median_km"):
+                logger.experiment.define_metric(name, summary="min")
+
+
 def log_media(loggers, maps: list[Path], predictions) -> None:
     """The run's maps as W&B images and its test predictions as a W&B table."""
     from lightning.pytorch.loggers import WandbLogger
