@@ -214,13 +214,10 @@ def test_multirun_over_two_spacings_writes_two_runs_logged_offline_to_wandb(data
     ]
     done = run_cli("train", args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    # The default layout: outputs/<command>-multirun/<time>/<num>_<overrides>
+    # The default layout: outputs/<command>-multirun/<time>/<num>
     (sweep,) = (tmp_path / "outputs" / "train-multirun").iterdir()
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in runs] == [
-        "0_data=folder,experiment=ci_fast,grid.spacing=0.5,logger=wandb",
-        "1_data=folder,experiment=ci_fast,grid.spacing=0.8,logger=wandb",
-    ]
+    assert [p.name for p in runs] == ["0", "1"]
     results = [json.loads((run / "results.json").read_text()) for run in runs]
     assert all(tuple(r) == RESULT_KEYS for r in results)
     assert results[0]["num_classes"] > results[1]["num_classes"]  # finer grid, more classes

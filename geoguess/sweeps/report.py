@@ -316,6 +316,7 @@ def read_trials(study: Study) -> pd.DataFrame | None:
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         loaded = optuna.load_study(study_name=study.name, storage=f"sqlite:///{study.database}")
     except Exception:  # noqa: BLE001 - e.g. no such study in that file

@@ -73,6 +73,8 @@ class FailedTrials(Callback):
     """Hydra callback for Optuna sweeps (see the module's docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Alembic (optuna's schema migrations) logs seven "setup plugin" lines at INFO.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         # optuna opens the SQLite file before Hydra creates any folder.
         path = sqlite_path(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
         if path is not None:
