@@ -214,6 +214,12 @@ def test_optuna_study_history_from_its_sqlite_file(tmp_path: Path):
         }
         fake_job(sweep / str(number), [f"optimizer.lr={lr}"], results, hydra=hydra)
 
+    (sweep / "optimization_results.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "optuna", "best_params": {"optimizer.lr": 0.00123456}, "best_value": 42.0}
+        )
+    )
+
     report = build_report([sweep])
 
     ((found, trials),) = report.studies.items()
@@ -223,5 +229,6 @@ def test_optuna_study_history_from_its_sqlite_file(tmp_path: Path):
     text = markdown(report)
     assert "4 trials: 3 complete, 1 failed." in text
     assert "Best: trial 2, 42.0 km" in text
+    assert "optimization_results.yaml`: 42.0 km (optimizer.lr=0.001235)" in text
     write_report(report, tmp_path / "r")
     assert (tmp_path / "r" / "report.png").stat().st_size > 10_000

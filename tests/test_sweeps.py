@@ -180,7 +180,9 @@ def test_every_recipe_of_the_manual_composes():
         cfg = compose_train(quote_numeric_options(first_of_each_sweep(args)))
         launchers.add(cfg.hydra.launcher._target_.rsplit(".", 1)[-1])
         if "trainer=ddp" in args:
-            assert cfg.trainer.strategy.startswith("ddp")
+            assert "ddp" in str(cfg.trainer.strategy).lower()
+        if "hparams_search=optuna" in args:
+            assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
         if any(a.startswith("hydra/launcher=slurm") for a in args):
             assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node
     assert {"JoblibLauncher", "LocalLauncher", "SlurmLauncher"} <= launchers

@@ -20,6 +20,7 @@ import yaml
 from geoguess.errors import GeoguessError
 
 RESULTS = "results.json"
+OPTUNA_RESULTS = "optimization_results.yaml"
 SEED = "seed"
 OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
 UNKNOWN_DATASET = "unknown"
@@ -86,6 +87,8 @@ class Report:
     jobs: list[Job]
     groups: list[Group]
     studies: dict[Study, Trials]
+    # The best trial each Optuna run wrote at its end (<sweep>/optimization_results.yaml).
+    optuna_results: dict[Path, dict] = field(default_factory=dict)
 
 
 # -- finding and reading jobs -------------------------------------------------------------------
@@ -266,7 +269,13 @@ def build_report(folders: Sequence[str | Path]) -> Report:
             studies[study] = Trials(frame, "storage")
         else:
             studies[study] = Trials(trials_from_jobs([j for j in jobs if j.study == study]), "jobs")
-    return Report([Path(f) for f in folders], jobs, groups, studies)
+    optuna_results = {
+        path: data
+        for folder in folders
+        for path in sorted(Path(folder).rglob(OPTUNA_RESULTS))
+        if isinstance(data := _load_yaml(path), dict) and "best_value" in data
+    }
+    return Report([Path(f) for f in folders], jobs, groups, studies, optuna_results)
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
@@ -381,6 +390,13 @@ def markdown(report: Report, picture: str | None = "report.png") -> str:
         lines.append(markdown_table(["job", "overrides", "reason"], rows))
     for study, trials in report.studies.items():
         lines += ["", f"## Optuna study `{study.name}`", "", *study_lines(study, trials)]
+    if report.optuna_results:
+        lines += ["", "## Best trials reported by the Optuna runs", ""]
+        for path, data in report.optuna_results.items():
+            params = ", ".join(
+                f"{k}={_short(str(v))}" for k, v in (data.get("best_params") or {}).items()
+            )
+            lines.append(f"- `{path}`: {data['best_value']:.1f} km ({params})")
     if picture:
         lines += ["", f"![km against each swept setting]({picture})"]
     return "\n".join(lines) + "\n"
