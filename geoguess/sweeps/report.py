@@ -34,7 +34,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("test_acc_25km", "acc@25km %", "{:.1f}"),
     ("test_geoguessr_score", "GeoGuessr", "{:.0f}"),
     ("epochs", "epochs", "{:.0f}"),
-    ("train_seconds", "train s", "{:.0f}"),
+    ("train_seconds", "train s", "{:.3g}"),
 )
 PERCENT = {"test_acc_25km"}
 SORT_KEY = "val_haversine_km"
@@ -113,8 +113,6 @@ def _job_dirs(folder: Path) -> list[Path]:
         job_dir = overrides.parent.parent
         if job_dir not in found and _is_training_job(job_dir):
             found.add(job_dir)
-    if (folder / RESULTS).is_file():
-        found.add(folder)
     return sorted(found, key=_natural_key)
 
 
