@@ -37,6 +37,9 @@ def plot_report(report: Report, path: str | Path, overwrite: bool = False) -> No
             _plot_setting(ax, group, setting, settings, title)
     for row, (study, trials) in enumerate(report.studies.items(), start=len(rows)):
         _plot_history(fig.add_subplot(grid[row, :]), study, trials)
+    ok = sum(len(group.jobs) for group in report.groups)
+    folders = ", ".join(str(folder) for folder in report.folders)
+    fig.suptitle(f"{folders}: {ok} of {len(report.jobs)} jobs finished", fontsize=10)
     if not nrows:
         ax = fig.add_subplot(grid[0, 0])
         ax.text(0.5, 0.5, "no finished jobs", ha="center", va="center")
@@ -91,10 +94,13 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
         handles = _style_handles(lines=False)
     else:
         handles = []
+        # Lines (and their validation/test points) side by side, not hiding each other's bars.
+        step = _dodge_step(list(positions.values()), numeric, 2 * len(lines))
         for index, (key, rows) in enumerate(lines):
             color = f"C{index % 10}"
             rows = rows.assign(_x=[positions[v] for v in rows[setting]]).sort_values("_x")
-            _errorbar(ax, rows["_x"], rows, color)
+            offset = (2 * index - (2 * len(lines) - 1) / 2) * step
+            _errorbar(ax, rows["_x"] + offset, rows, color, step)
             if others:
                 values = key if isinstance(key, tuple) else (key,)
                 label = ", ".join(f"{k}={v}" for k, v in zip(others, values, strict=True))
@@ -141,12 +147,23 @@ def _std(rows: pd.DataFrame, metric: str) -> np.ndarray:
     return rows[f"{metric}_std"].fillna(0.0).to_numpy()
 
 
-def _errorbar(ax, x, rows: pd.DataFrame, color: str) -> None:
-    """Validation km (solid) and test km (dashed) of `rows` at `x`, bars over seeds."""
+def _dodge_step(positions: list[float], numeric: bool, series: int) -> float:
+    """The shift between side-by-side series: together they span a fifth of the gap between
+    neighbouring x values (none on a log axis)."""
+    values = sorted(set(positions))
+    if numeric and values[0] > 0 and values[-1] / values[0] >= 20:
+        return 0.0
+    gaps = np.diff(values) if len(values) > 1 else np.array([1.0])
+    return 0.2 * float(gaps.min()) / max(series, 1)
+
+
+def _errorbar(ax, x, rows: pd.DataFrame, color: str, step: float = 0.0) -> None:
+    """Validation km (solid) and test km (dashed, `step` to the right) of `rows` at `x`, bars
+    over seeds."""
     for metric in (VAL, TEST):
         test = metric == TEST
         ax.errorbar(
-            x,
+            x + step if test else x,
             rows[metric],
             yerr=_std(rows, metric),
             color=color,

@@ -34,7 +34,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("test_acc_25km", "acc@25km %", "{:.1f}"),
     ("test_geoguessr_score", "GeoGuessr", "{:.0f}"),
     ("epochs", "epochs", "{:.0f}"),
-    ("train_seconds", "train s", "{:.3g}"),
+    ("train_seconds", "train s", "{:.0f}"),
 )
 PERCENT = {"test_acc_25km"}
 SORT_KEY = "val_haversine_km"
@@ -420,6 +420,8 @@ def table_cells(group: Group) -> tuple[list[str], list[list[str]]]:
 def _cell(mean: float, std: float, fmt: str) -> str:
     if math.isnan(mean):
         return "n/a"
+    if fmt == "{:.0f}" and 0 < abs(mean) < 10 and mean != round(mean):
+        fmt = "{:.2f}"  # a few seconds of training: 0.04 s, not 0
     if math.isnan(std):
         return fmt.format(mean)
     return f"{fmt.format(mean)} ± {fmt.format(std)}"
