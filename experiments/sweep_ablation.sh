@@ -3,6 +3,8 @@
 # and when to let the pretrained backbone train.
 #
 #   experiments/sweep_ablation.sh data.root=/path/to/dataset
+#   experiments/sweep_ablation.sh data.root=/path hydra/launcher=joblib hydra.launcher.n_jobs=4  # 4 GPUs
+#   python -m geoguess.report sweeps=outputs/train-multirun/<time>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

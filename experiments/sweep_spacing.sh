@@ -5,8 +5,9 @@
 #   experiments/sweep_spacing.sh                       # as below
 #   experiments/sweep_spacing.sh trainer.max_epochs=5  # extra overrides are passed on
 #
-# Each job writes outputs/train-multirun/<time>/<num>_<overrides>/results.json; the W&B runs of
-# the sweep share one group. Compare them with experiments/collect_results.py.
+# Each job writes outputs/train-multirun/<time>/<num>/results.json; the W&B runs of the sweep
+# share one group. Compare them with python -m geoguess.report sweeps=outputs/train-multirun/<time>.
+# Two jobs at a time: experiments/sweep_spacing.sh hydra/launcher=joblib hydra.launcher.n_jobs=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
