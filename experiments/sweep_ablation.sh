@@ -8,6 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-exec "$PY" -m geoguess.train -m data=folder backbone=resnext50 trainer=gpu image=224 \
+exec "$PY" -m geoguess.train -m data=folder backbone=resnext50 trainer=gpu image=224px \
   model.fusion=concat,mean,attention unfreeze=never,at_epoch,gradual \
   trainer.max_epochs=12 "$@"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from geoguess import runs
 from geoguess.errors import GeoguessError
-from geoguess.utils.cli import CONFIG_PATH, run_dir, user_errors
+from geoguess.utils.cli import CONFIG_PATH, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
@@ -18,7 +19,7 @@ from geoguess.utils.cli import CONFIG_PATH, run_dir, user_errors
 def main(cfg: DictConfig) -> None:
     from geoguess.sweeps.report import build_report, write_report
 
-    out = run_dir()
+    out = runs.claim(cfg)
     sweeps = None if OmegaConf.is_missing(cfg, "sweeps") else cfg.sweeps
     report = build_report(sweep_folders(sweeps))
     print(write_report(report, out), end="")

@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from geoguess.utils.cli import run_dir
+from geoguess.runs import run_dir
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)

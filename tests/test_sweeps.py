@@ -30,7 +30,9 @@ def compose_train(overrides: list[str]):
     """The config of `python -m geoguess.train OVERRIDES`, Hydra's settings included."""
     from hydra import compose, initialize_config_dir
 
-    import geoguess.models.schema  # noqa: F401 - the schemas the group files extend
+    from geoguess.runs import register_resolvers
+
+    register_resolvers()
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
         return compose("train", overrides=overrides, return_hydra_config=True)
@@ -171,13 +173,11 @@ def first_of_each_sweep(args: list[str]) -> list[str]:
 
 
 def test_every_recipe_of_the_manual_composes():
-    from geoguess.train import quote_numeric_options
-
     commands = doc_commands()
     assert len(commands) >= 10, commands
     launchers = set()
     for args in commands:
-        cfg = compose_train(quote_numeric_options(first_of_each_sweep(args)))
+        cfg = compose_train(first_of_each_sweep(args))
         launchers.add(cfg.hydra.launcher._target_.rsplit(".", 1)[-1])
         if "trainer=ddp" in args:
             assert "ddp" in str(cfg.trainer.strategy).lower()

@@ -42,7 +42,12 @@ def check_missing(cfg) -> None:
             del cfg["hydra"]
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        example = "data.root=/path/to/dataset" if "data.root" in missing else f"{missing[0]}=..."
+        examples = {
+            "data.root": "data.root=/path/to/dataset",
+            "checkpoint": "checkpoint=outputs/train/<time>/checkpoints/last.ckpt",
+            "sweeps": "sweeps=outputs/train-multirun/<time>",
+        }
+        example = examples.get(missing[0], f"{missing[0]}=...")
         raise GeoguessError(f"{', '.join(missing)} must be given, e.g. {example}")
 
 
