@@ -69,23 +69,72 @@ def test_parallel_build_equals_serial_build(tmp_path):
     serial = build(root, tmp_path / "serial", 32, workers=0).cache
     parallel = build(root, tmp_path / "parallel", 32, workers=2).cache
     assert serial.uuids == parallel.uuids
-    assert np.array_equal(np.asarray(serial.open()), np.asarray(parallel.open()))
+    # Workers write their own rows at their offsets: the files are byte-identical.
+    assert serial.data_path.read_bytes() == parallel.data_path.read_bytes()
+
+
+def test_cache_is_a_npy_holding_exactly_the_decoded_views(tmp_path):
+    """Round trip: the .npy loads without the manifest, and each row is decode_location of
+    that uuid's files (the cache's own decoder, so bytes equal)."""
+    root = tmp_path / "data"
+    frame = write_dataset(root, 11, size=48, seed=12)  # 11: the last pwrite is a short one
+    cache = build(root, tmp_path, 24, workers=2).cache
+    assert cache.data_path.suffix == ".npy"
+    loaded = np.load(cache.data_path)
+    assert loaded.dtype == np.uint8 and loaded.shape == (11, 4, 3, 24, 24)
+    assert cache.offset + loaded.nbytes == cache.data_path.stat().st_size
+    for uuid in frame["uuid"]:
+        paths = [str(p) for p in image_paths(root, uuid)]
+        views, failures = cache_mod.decode_location(paths, 24)
+        assert not failures
+        assert loaded[cache.index[uuid]].tobytes() == views.tobytes()
+    assert isinstance(cache.open(), np.memmap)
+
+
+def test_failed_location_is_stored_as_zeros_and_listed(tmp_path):
+    root = tmp_path / "data"
+    frame = write_dataset(root, 9, size=32, seed=13)
+    broken = view_path(root, frame["uuid"][4], 270)
+    broken.write_bytes(broken.read_bytes()[:200])
+    rows = frame.assign(root=str(root), latitude_raw="0", longitude_raw="0")
+    cache = cache_mod.build_cache(tmp_path / "c", "f" * 64, rows, 16, workers=2, progress=False)
+    assert list(cache.failed) == [cache_mod.view_key(broken)]
+    assert "does not decode" in cache.failed[cache_mod.view_key(broken)]
+    array = cache.open()
+    assert not array[cache.index[frame["uuid"][4]]].any()
+    assert all(array[cache.index[u]].any() for u in frame["uuid"] if u != frame["uuid"][4])
+    assert cache_mod.load_verdicts(tmp_path / "c", "f" * 64) == cache.failed
+    reloaded = cache_mod.ImageCache.load(tmp_path / "c", "f" * 64, 16)
+    assert reloaded == cache
+
+
+def test_default_workers_are_every_core(monkeypatch):
+    monkeypatch.setattr(cache_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert cache_mod._worker_count(None) == 3
+    assert cache_mod._worker_count(0) == 0
 
 
 def test_build_streams_with_flat_memory(tmp_path):
     root = tmp_path / "data"
-    frame = write_dataset(root, 40, size=16, seed=3)
+    frame = write_dataset(root, 72, size=16, seed=3)
     rows = frame.assign(root=str(root), latitude_raw="0", longitude_raw="0")
     size = 96
-    total = len(frame) * 4 * 3 * size * size  # 4.4 MB of cache
-    tracemalloc.start()
-    try:
-        cache_mod.build_cache(tmp_path / "cache", "k" * 64, rows, size, workers=0, progress=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    # Holding the whole array would need `total`; streaming holds about one location (110 kB).
-    assert peak < total / 8, (peak, total)
+    row_bytes = 4 * 3 * size * size
+
+    def peak_of(n: int) -> int:
+        tracemalloc.start()
+        try:
+            cache_mod.build_cache(
+                tmp_path / f"cache-{n}", "k" * 64, rows[:n], size, workers=0, progress=False
+            )
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_of(24), peak_of(72)
+    # Holding the array would need n rows; the build holds WRITE_ROWS of them, whatever n.
+    assert large < 72 * row_bytes / 4, (large, 72 * row_bytes)
+    assert large < 1.25 * small, (small, large)
 
 
 def test_any_pil_readable_mode_and_size(tmp_path):
@@ -145,7 +194,12 @@ def test_incomplete_cache_is_rebuilt(tmp_path):
         f.truncate(100)
     assert cache_mod.ImageCache.load(tmp_path / "cache", cache.key, 16) is None
     rebuilt = build(root, tmp_path, 16).cache
-    assert rebuilt.data_path.stat().st_size == int(np.prod(rebuilt.shape))
+    assert rebuilt.data_path.stat().st_size == rebuilt.offset + int(np.prod(rebuilt.shape))
+    # A cache of the old format (raw bytes, version 1) is not taken for this one.
+    manifest = rebuilt.data_path.with_suffix(".json")
+    old = manifest.read_text().replace('"version": 2', '"version": 1')
+    manifest.write_text(old)
+    assert cache_mod.ImageCache.load(tmp_path / "cache", rebuilt.key, 16) is None
 
 
 def test_default_cache_location(tmp_path, monkeypatch):
