@@ -49,7 +49,7 @@ class BenchSettings:
     batch_size: int = 32
     # Locations timed per loader measurement (the naive loader is timed on fewer).
     loader_locations: int = 1024
-    naive_locations: int = 128
+    naive_locations: int = 256
     # Loader workers of the naive reference (the original's setting) and of the default path.
     naive_workers: int = 2
     default_workers: int = 0

@@ -249,3 +249,97 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path):
         validate_dataset(
             [root], croatia(), image_size=16, cache_root=tmp_path / "a-file" / "cache", workers=0
         )
+
+
+def float_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The former float64 sums: a float copy of the pixels, squared into another."""
+    values = images.reshape(-1, 3, images.shape[-2] * images.shape[-1]).astype(np.float64)
+    return values.sum(axis=(0, 2)), np.square(values).sum(axis=(0, 2)), values[:, 0].size
+
+
+def test_integer_statistics_equal_the_float64_ones(tmp_path):
+    from geoguess.data import stats as stats_mod
+
+    rng = np.random.default_rng(14)
+    array = rng.integers(0, 256, (150, 4, 3, 20, 20), dtype=np.uint8)
+    array[:10] = 255  # extreme values: squares at their largest
+    rows = rng.choice(150, 101, replace=False)
+    moments = stats_mod.ChannelMoments()
+    for start in range(0, 101, 7):
+        moments.add(array[np.sort(rows)[start : start + 7]])
+    total, total_sq, count = float_moments(array[rows])
+    assert moments.count == count
+    assert np.array_equal(moments.total.astype(np.float64), total)
+    assert np.array_equal(moments.total_sq.astype(np.float64), total_sq)
+    # The mean and std, as the float version computed them, bit for bit.
+    mean = total / count
+    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)), 1.0)
+    assert stats_mod.stats_from_memmap(array, rows) == (
+        tuple(float(v) for v in mean / 255.0),
+        tuple(float(v) for v in std / 255.0),
+    )
+    with pytest.raises(TypeError, match="uint8"):
+        moments.add(array[:2].astype(np.float32))
+
+
+def cached_dataset(root, tmp_path, size=16):
+    from geoguess.data.dataset import GeoguesserDataset
+
+    report = build(root, tmp_path, size)
+    frame = report.valid.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    targets = np.random.default_rng(0).random((len(frame), 2)).astype(np.float32)
+    class_ids = np.arange(len(frame)) % 3
+    return GeoguesserDataset(frame, size, targets, class_ids, cache=report.cache)
+
+
+def test_read_batch_equals_the_collated_items(tmp_path):
+    import torch
+
+    root = tmp_path / "data"
+    write_dataset(root, 12, size=32, seed=15)
+    dataset = cached_dataset(root, tmp_path)
+    indices = [7, 2, 11, 2, 0]
+    batch = dataset.read_batch(indices)
+    items = dataset.collate([dataset[i] for i in indices])
+    assert batch.keys() == items.keys()
+    for key in batch:
+        if key == "uuid":
+            assert batch[key] == items[key] == [dataset.uuids[i] for i in indices]
+        else:
+            assert batch[key].dtype == items[key].dtype, key
+            assert torch.equal(batch[key], items[key]), key
+    assert batch["index"].tolist() == indices
+    array = dataset.cache.open()
+    assert np.array_equal(batch["images"].numpy(), array[dataset.rows[indices]])
+    empty = dataset.read_batch([])
+    assert empty["images"].shape == (0, 4, 3, 16, 16) and empty["index"].shape == (0,)
+
+
+def test_batch_loader_reads_every_location_once_per_epoch(tmp_path, monkeypatch):
+    from geoguess.data import dataset as dataset_mod
+    from geoguess.data.sampler import BlockShuffle, LocationShuffle
+
+    root = tmp_path / "data"
+    write_dataset(root, 23, size=32, seed=16)
+    dataset = cached_dataset(root, tmp_path)
+    advised = []
+    real = dataset_mod.os.posix_fadvise
+    monkeypatch.setattr(
+        dataset_mod.os,
+        "posix_fadvise",
+        lambda fd, offset, length, advice: (
+            advised.append((offset, length)) or real(fd, offset, length, advice)
+        ),
+    )
+    for sampler in (LocationShuffle(23, seed=1), BlockShuffle(dataset.rows, 1, block_size=5)):
+        loader = dataset_mod.batch_loader(dataset, sampler, batch_size=4)
+        loader.sampler.set_epoch(3)  # as Lightning does
+        batches = list(loader)
+        seen = [i for b in batches for i in b["index"].tolist()]
+        assert seen == list(sampler.rank_order(3)) and sorted(seen) == list(range(23))
+        assert [len(b["uuid"]) for b in batches] == [4] * 5 + [3]
+    # Only the block sampler reads ahead: each block's span of the file once, in row units.
+    cache = dataset.cache
+    assert len(advised) == len(BlockShuffle(dataset.rows, 1, block_size=5).blocks) == 5
+    assert all((offset - cache.offset) % cache.row_bytes == 0 for offset, _ in advised)
+    assert sum(length for _, length in advised) == 23 * cache.row_bytes
