@@ -474,9 +474,9 @@ def bench_cold(settings: BenchSettings, root: Path, work: Path) -> dict:
     from geoguess.data.sampler import BlockShuffle, LocationShuffle
 
     size = settings.cold_image_size
-    rates: dict[str, list[float]] = {"random": [], "block": []}
+    rates: dict[str, list[float]] = {"random": [], "block": [], "block_read_ahead": []}
     for _ in range(max(1, settings.repeats)):
-        for kind in rates:
+        for kind in rates:  # interleaved: each repeat sees the same neighbours
             dataset = _cached_dataset(work, root, size)
             evict(dataset.cache.data_path)
             n = len(dataset)
@@ -484,17 +484,21 @@ def bench_cold(settings: BenchSettings, root: Path, work: Path) -> dict:
                 sampler = LocationShuffle(n, seed=1)
             else:
                 sampler = BlockShuffle(dataset.rows, seed=1)
-            loader = batch_loader(dataset, sampler, settings.batch_size)
+            loader = batch_loader(
+                dataset, sampler, settings.batch_size, read_ahead=kind == "block_read_ahead"
+            )
             start, count = time.perf_counter(), 0
             for batch in loader:
                 count += len(batch["images"])
             rates[kind].append(count / (time.perf_counter() - start))
             del loader, dataset
             gc.collect()  # unmaps the cache, so the next eviction drops every page
+    medians = {kind: float(statistics.median(r)) for kind, r in rates.items()}
     return {
-        "random_samples_per_s": float(statistics.median(rates["random"])),
-        "block_samples_per_s": float(statistics.median(rates["block"])),
-        "ratio": float(statistics.median(rates["block"]) / statistics.median(rates["random"])),
+        "random_samples_per_s": medians["random"],
+        "block_samples_per_s": medians["block"],
+        "block_read_ahead_samples_per_s": medians["block_read_ahead"],
+        "ratio": medians["block"] / medians["random"],
         "image_size": size,
     }
 
@@ -618,19 +622,23 @@ def _channels_last(settings: BenchSettings, device) -> bool:
 
 
 def bench_lightning_overhead(settings: BenchSettings, device) -> dict:
-    """Median step time of a Lightning `fit` / of a plain loop: same net (tiny backbone), same
-    AdamW, same batches in memory, the first `warmup_steps` of each excluded.
+    """Step time of a Lightning `fit` / of a plain PyTorch loop, on the same tiny net, AdamW,
+    batches and device, the first `warmup_steps` of each excluded.
 
-    A Lightning step is timed from one `on_train_batch_start` to the next, so it includes
-    everything Lightning does between steps (fetching, hooks, logging); medians, because a
-    short run on a shared machine is often interrupted.
+    The two run in lock step: at the start of each Lightning step a callback runs one plain
+    step of a second copy of the net on the same batch, timed on its own. A Lightning step is
+    the time from one batch start to the next less that plain step, so it includes everything
+    Lightning does around the step (fetching, hooks, logging). Each pair is measured within a
+    second, so a neighbour's burst of work on a shared machine slows both alike; the figure is
+    the median ratio over the pairs.
     """
     import lightning as L
     import torch
 
     size = settings.overhead_image_size
-    steps = settings.warmup_steps + max(settings.train_steps, 20)
+    steps = settings.warmup_steps + max(settings.train_steps, 20) * max(1, settings.repeats)
     batches = synthetic_batches(steps, settings.train_batch_size, size, torch.device("cpu"))
+    precision = "bf16" if device.type == "cuda" else "fp32"
 
     class Module(L.LightningModule):
         def __init__(self, net) -> None:
@@ -645,53 +653,50 @@ def bench_lightning_overhead(settings: BenchSettings, device) -> dict:
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-4)
 
-    class Clock(L.Callback):
+    class LockStep(L.Callback):
         def __init__(self) -> None:
+            torch.manual_seed(0)
+            self.net = BenchNet.create("tiny").to(device).train()
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-4)
             self.stamps: list[float] = []
+            self.plain: list[float] = []
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-            _sync(module.device)
+            _sync(device)
             self.stamps.append(time.perf_counter())
+            self.plain.append(
+                plain_loop_steps(self.net, self.optimizer, [batch], device, precision)[0]
+            )
 
         def on_train_epoch_end(self, trainer, module) -> None:
-            _sync(module.device)
+            _sync(device)
             self.stamps.append(time.perf_counter())
 
-    def lightning_step() -> float:
-        torch.manual_seed(0)
-        clock = Clock()
-        trainer = L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            max_epochs=1,
-            precision="bf16-mixed" if device.type == "cuda" else "32-true",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=10,
-            num_sanity_val_steps=0,
-            callbacks=[clock],
-        )
-        with _quiet("lightning.pytorch", "lightning.fabric"):
-            trainer.fit(Module(BenchNet.create("tiny")), train_dataloaders=_ListLoader(batches))
-        return median_step(np.diff(clock.stamps).tolist(), settings.warmup_steps)
-
-    def plain_step() -> float:
-        torch.manual_seed(0)
-        net = BenchNet.create("tiny").to(device)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        precision = "bf16" if device.type == "cuda" else "fp32"
-        return median_step(
-            plain_loop_steps(net, optimizer, moved, device, precision), settings.warmup_steps
-        )
-
-    pairs = [(lightning_step(), plain_step()) for _ in range(settings.repeats)]
+    torch.manual_seed(0)
+    clock = LockStep()
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
+    torch.manual_seed(0)
+    with _quiet("lightning.pytorch", "lightning.fabric"):
+        trainer.fit(Module(BenchNet.create("tiny")), train_dataloaders=_ListLoader(batches))
+    plain = np.array(clock.plain)
+    lightning = np.diff(clock.stamps) - plain
+    keep = slice(settings.warmup_steps, None)
     return {
-        "lightning_overhead": float(statistics.median(a / b for a, b in pairs)),
-        "lightning_step_ms": float(statistics.median(a for a, _ in pairs)) * 1000,
-        "plain_step_ms": float(statistics.median(b for _, b in pairs)) * 1000,
+        "lightning_overhead": float(np.median(lightning[keep] / plain[keep])),
+        "lightning_step_ms": float(np.median(lightning[keep])) * 1000,
+        "plain_step_ms": float(np.median(plain[keep])) * 1000,
         "overhead_image_size": size,
     }
 

@@ -332,7 +332,7 @@ def test_batch_loader_reads_every_location_once_per_epoch(tmp_path, monkeypatch)
         ),
     )
     for sampler in (LocationShuffle(23, seed=1), BlockShuffle(dataset.rows, 1, block_size=5)):
-        loader = dataset_mod.batch_loader(dataset, sampler, batch_size=4)
+        loader = dataset_mod.batch_loader(dataset, sampler, batch_size=4, read_ahead=True)
         loader.sampler.set_epoch(3)  # as Lightning does
         batches = list(loader)
         seen = [i for b in batches for i in b["index"].tolist()]

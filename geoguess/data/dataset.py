@@ -217,16 +217,19 @@ def batch_loader(
     drop_last: bool = False,
     num_workers: int = 0,
     pin_memory: bool | None = None,
+    read_ahead: bool = False,
 ) -> DataLoader:
     """A loader of whole batches: `sampler` (`LocationShuffle`, `BlockShuffle`) in batches.
 
     `num_workers=0` reads in this process, the fastest from a warm cache (no batch crosses a
-    process boundary); `pin_memory` defaults to whether CUDA is available. A `BlockShuffle`
-    sampler also turns on the reader's block read-ahead.
+    process boundary); `pin_memory` defaults to whether CUDA is available. `read_ahead` with
+    a `BlockShuffle` sampler asks the kernel for each block's whole span at its first use
+    (see `BatchReader`; it did not pay off on the virtual disk it was measured on, see
+    docs/performance.md).
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    blocks = getattr(sampler, "blocks", None)
+    blocks = getattr(sampler, "blocks", None) if read_ahead else None
     return DataLoader(
         BatchReader(dataset, blocks),
         batch_size=None,
