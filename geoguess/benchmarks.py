@@ -232,6 +232,24 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def cpu_seconds(pids: Sequence[int] = ()) -> float:
+    """CPU time (user + system) of this process, its reaped children and the live `pids`.
+
+    Rates on a shared machine depend on what the neighbours do; CPU time per item does much
+    less, so the bench reports both.
+    """
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def evict(path: Path) -> None:
     """Drop `path`'s pages from the page cache (written back first), for cold reads."""
     fd = os.open(path, os.O_RDONLY)
@@ -252,17 +270,19 @@ def timed_build(cache_root: str, root: str, image_size: int, workers: int | None
 
     shutil.rmtree(cache_root, ignore_errors=True)
     frame = dataset_frame(Path(root))
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     cache_mod.build_cache(Path(cache_root), "b" * 64, frame, image_size, workers, progress=False)
-    return {"seconds": time.perf_counter() - start, "locations": len(frame)}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "locations": len(frame), "cpu_seconds": cpu_seconds() - cpu}
 
 
 def timed_naive_decode(root: str, image_size: int, locations: int) -> dict:
     paths = location_paths(dataset_frame(Path(root)))[:locations]
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     for views in paths:
         naive_decode(views, image_size)
-    return {"seconds": time.perf_counter() - start, "locations": len(paths)}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "locations": len(paths), "cpu_seconds": cpu_seconds() - cpu}
 
 
 def timed_stats(cache_root: str, image_size: int, fraction: float = 0.8) -> dict:
@@ -281,11 +301,10 @@ def timed_stats(cache_root: str, image_size: int, fraction: float = 0.8) -> dict
 def bench_cache(settings: BenchSettings, root: Path, work: Path, size: int) -> dict:
     """The cache build on every core vs a naive decode in one process, repeats interleaved
     so that both see the same neighbours on a shared machine."""
-    naive, builds = [], []
+    naive, naive_runs, builds = [], [], []
     for _ in range(max(1, settings.repeats)):
-        naive.append(
-            _rate(in_subprocess("timed_naive_decode", **_naive_args(settings, root, size)))
-        )
+        naive_runs.append(in_subprocess("timed_naive_decode", **_naive_args(settings, root, size)))
+        naive.append(_rate(naive_runs[-1]))
         build = in_subprocess(
             "timed_build",
             cache_root=str(work / f"cache-{size}"),
@@ -304,7 +323,13 @@ def bench_cache(settings: BenchSettings, root: Path, work: Path, size: int) -> d
         "peak_anon_mb": max(r["peak_anon_mb"] for r in builds),
         "peak_worker_rss_mb": max(r["peak_children_rss_mb"] for r in builds),
         "workers": _cores(),
+        "naive_cpu_ms_per_location": _cpu_ms(naive_runs),
+        "build_cpu_ms_per_location": _cpu_ms(builds),
     }
+
+
+def _cpu_ms(runs: list[dict]) -> float:
+    return float(statistics.median(1000 * r["cpu_seconds"] / r["locations"] for r in runs))
 
 
 def _naive_args(settings: BenchSettings, root: Path, size: int) -> dict:
@@ -364,11 +389,11 @@ class NaiveDataset:
         return {"images": self.augment(views), "index": torch.tensor(index)}
 
 
-def _loader_rate(batches, locations: int, step: Callable | None = None) -> float:
-    """Locations/s delivered by iterating `batches` until `locations` have come.
+def _loader_rate(batches, locations: int, step: Callable | None = None) -> tuple[float, float]:
+    """(locations/s, CPU ms per location) of iterating `batches` until `locations` have come.
 
     Not timed: the batches a loader's workers prepare before the first is taken (their start
-    and the prefetched queue), so the rate is the steady state.
+    and the prefetched queue), so the rate is the steady state. CPU time counts the workers.
     """
     iterator = iter(batches)
     workers = getattr(batches, "num_workers", 0)
@@ -378,16 +403,17 @@ def _loader_rate(batches, locations: int, step: Callable | None = None) -> float
             raise ValueError("too few locations to time this loader; use more bench.locations")
         if step is not None:
             step(batch)
-    start, count = time.perf_counter(), 0
+    pids = [w.pid for w in getattr(iterator, "_workers", [])]
+    cpu, start, count = cpu_seconds(pids), time.perf_counter(), 0
     for batch in iterator:
         if step is not None:
             step(batch)
         count += len(batch["images"])
         if count >= locations:
             break
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu
     del iterator
-    return count / seconds
+    return count / seconds, 1000 * cpu / count
 
 
 def device_step(device, augment=None, epoch: int = 0) -> Callable:
@@ -419,7 +445,7 @@ def bench_loader(settings: BenchSettings, root: Path, work: Path, size: int, dev
     naive_dataset = NaiveDataset(location_paths(dataset_frame(root)), size)
     naive_count = min(settings.naive_locations, n - settings.batch_size)
 
-    def naive_rate() -> float:
+    def naive_rate() -> tuple[float, float]:
         loader = DataLoader(
             naive_dataset,
             batch_size=settings.batch_size,
@@ -430,12 +456,12 @@ def bench_loader(settings: BenchSettings, root: Path, work: Path, size: int, dev
 
     augment = BatchAugment(seed=0)
 
-    def default_rate(workers: int = settings.default_workers) -> float:
+    def default_rate(workers: int = settings.default_workers) -> tuple[float, float]:
         sampler = LocationShuffle(n, seed=0)
         loader = batch_loader(dataset, sampler, settings.batch_size, num_workers=workers)
         return _loader_rate(loader, locations, device_step(device, augment))
 
-    def read_rate(kind: str, workers: int) -> float:
+    def read_rate(kind: str, workers: int) -> tuple[float, float]:
         if kind == "items":
             loader = DataLoader(
                 dataset,
@@ -455,16 +481,22 @@ def bench_loader(settings: BenchSettings, root: Path, work: Path, size: int, dev
         naive.append(naive_rate())
         default.append(default_rate())
     result = {
-        "naive_samples_per_s": float(statistics.median(naive)),
-        "default_samples_per_s": float(statistics.median(default)),
+        "naive_samples_per_s": float(statistics.median(r for r, _ in naive)),
+        "default_samples_per_s": float(statistics.median(r for r, _ in default)),
     }
     result["ratio"] = result["default_samples_per_s"] / result["naive_samples_per_s"]
-    result["default_workers2_samples_per_s"] = median_rate(lambda: default_rate(2), 1)
+    result["naive_cpu_ms_per_sample"] = float(statistics.median(c for _, c in naive))
+    result["default_cpu_ms_per_sample"] = float(statistics.median(c for _, c in default))
+    result["cpu_ratio"] = result["naive_cpu_ms_per_sample"] / result["default_cpu_ms_per_sample"]
+    rate, cpu = default_rate(2)
+    result["default_workers2_samples_per_s"] = rate
+    result["default_workers2_cpu_ms_per_sample"] = cpu
     result["read_only"] = {}
     for kind in ("items", "batches"):
         for workers in (0, 2):
-            rate = read_rate(kind, workers)
+            rate, cpu = read_rate(kind, workers)
             result["read_only"][f"{kind}_workers{workers}_samples_per_s"] = rate
+            result["read_only"][f"{kind}_workers{workers}_cpu_ms_per_sample"] = cpu
     return result
 
 

@@ -39,7 +39,13 @@ def test_quick_bench_writes_every_key(quick_run):
         ]
         expected += [
             f"cache.{size}.{k}"
-            for k in ("naive_locations_per_s", "build_locations_per_s", "ratio", "peak_rss_mb")
+            for k in (
+                "naive_locations_per_s",
+                "build_locations_per_s",
+                "ratio",
+                "peak_rss_mb",
+                "build_cpu_ms_per_location",
+            )
         ]
     expected += ["loader.cold.random_samples_per_s", "loader.cold.block_samples_per_s"]
     expected += ["train_step.tiny.32.samples_per_s", "metric.haversine_pairs_per_s"]
