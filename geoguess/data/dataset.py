@@ -121,11 +121,10 @@ class GeoguesserDataset(Dataset):
         if self.cache is None:
             return self.collate([self[i] for i in indices])
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        images = self._array()[self.rows[indices]] if len(indices) else None
-        if images is None:
+        if not len(indices):
             return self.collate([])
         return {
-            "images": torch.from_numpy(images),
+            "images": torch.from_numpy(self._array()[self.rows[indices]]),
             "latlon": torch.from_numpy(self.latlon[indices]),
             "target": torch.from_numpy(self.targets[indices]),
             "class_id": torch.from_numpy(self.class_ids[indices]),
@@ -156,7 +155,8 @@ class BatchReader(Dataset):
     With `blocks` (`BlockShuffle.blocks`: lists of dataset indices whose cache rows are read
     together), the first batch that touches a block asks the kernel to read the block's whole
     span of the cache file in the background (`POSIX_FADV_WILLNEED`): one large sequential read
-    instead of a page fault per row, which is what makes block shuffling fast from disk.
+    instead of page faults row by row, for disks where random reads are slow (on the virtual
+    disk it was measured on it did not pay off; see docs/performance.md).
     """
 
     # Blocks remembered as already read ahead (more than a shuffle buffer holds).
