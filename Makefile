@@ -34,6 +34,9 @@ train: $(VENV)/.installed ## Train the quickstart experiment on the embedded dat
 smoke: $(VENV)/.installed ## A two-minute training run on tiny settings
 	$(PY) -m geoguess.train experiment=smoke $(ARGS)
 
+bench: $(VENV)/.installed ## Measure loader, cache, training-step and metric speed into bench.json (ARGS= for overrides)
+	$(PY) -m geoguess.bench $(ARGS)
+
 clean: ## Remove caches and build artefacts (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -303,6 +303,8 @@ def build_trainer(cfg: DictConfig, **kwargs):
         settings = {"accelerator": "cpu", "sync_batchnorm": False, "precision": "32-true"}
         if cfg.trainer.get("devices") == -1:  # "all devices": every CPU core its process
             settings["devices"] = os.cpu_count() or 1
+    # The data module's samplers split each epoch between the ranks themselves.
+    settings["use_distributed_sampler"] = False
     try:
         return instantiate(cfg.trainer, _partial_=True)(**{**settings, **kwargs})
     except MisconfigurationException as exc:
@@ -361,14 +363,14 @@ def fit_inference_extras(model, datamodule, trainer, best: str | None) -> None:
     model.radius_scale = None
     with torch.no_grad(), trainer.precision_plugin.forward_context():
         if model.refine == "knn":
-            parts = _pass(model, datamodule.loader("train", augment=False), device, embed=True)
+            parts = _pass(model, datamodule.loader("train"), device, embed=True)
             model.retrieval = Retrieval(
                 torch.nn.functional.normalize(parts["fused"], dim=-1),
                 torch.from_numpy(datamodule.fitted.targets.project(*parts["latlon"].T.numpy())),
                 parts["class_id"],
                 **model.refine_settings,
             )
-        parts = _pass(model, datamodule.loader("val", augment=False), device)
+        parts = _pass(model, datamodule.loader("val"), device)
     lat, lon, _ = model.head.decode(parts["xy"].numpy())
     from geoguess.geo import haversine_km
 

@@ -69,23 +69,72 @@ def test_parallel_build_equals_serial_build(tmp_path):
     serial = build(root, tmp_path / "serial", 32, workers=0).cache
     parallel = build(root, tmp_path / "parallel", 32, workers=2).cache
     assert serial.uuids == parallel.uuids
-    assert np.array_equal(np.asarray(serial.open()), np.asarray(parallel.open()))
+    # Workers write their own rows at their offsets: the files are byte-identical.
+    assert serial.data_path.read_bytes() == parallel.data_path.read_bytes()
+
+
+def test_cache_is_a_npy_holding_exactly_the_decoded_views(tmp_path):
+    """Round trip: the .npy loads without the manifest, and each row is decode_location of
+    that uuid's files (the cache's own decoder, so bytes equal)."""
+    root = tmp_path / "data"
+    frame = write_dataset(root, 11, size=48, seed=12)  # 11: the last pwrite is a short one
+    cache = build(root, tmp_path, 24, workers=2).cache
+    assert cache.data_path.suffix == ".npy"
+    loaded = np.load(cache.data_path)
+    assert loaded.dtype == np.uint8 and loaded.shape == (11, 4, 3, 24, 24)
+    assert cache.offset + loaded.nbytes == cache.data_path.stat().st_size
+    for uuid in frame["uuid"]:
+        paths = [str(p) for p in image_paths(root, uuid)]
+        views, failures = cache_mod.decode_location(paths, 24)
+        assert not failures
+        assert loaded[cache.index[uuid]].tobytes() == views.tobytes()
+    assert isinstance(cache.open(), np.memmap)
+
+
+def test_failed_location_is_stored_as_zeros_and_listed(tmp_path):
+    root = tmp_path / "data"
+    frame = write_dataset(root, 9, size=32, seed=13)
+    broken = view_path(root, frame["uuid"][4], 270)
+    broken.write_bytes(broken.read_bytes()[:200])
+    rows = frame.assign(root=str(root), latitude_raw="0", longitude_raw="0")
+    cache = cache_mod.build_cache(tmp_path / "c", "f" * 64, rows, 16, workers=2, progress=False)
+    assert list(cache.failed) == [cache_mod.view_key(broken)]
+    assert "does not decode" in cache.failed[cache_mod.view_key(broken)]
+    array = cache.open()
+    assert not array[cache.index[frame["uuid"][4]]].any()
+    assert all(array[cache.index[u]].any() for u in frame["uuid"] if u != frame["uuid"][4])
+    assert cache_mod.load_verdicts(tmp_path / "c", "f" * 64) == cache.failed
+    reloaded = cache_mod.ImageCache.load(tmp_path / "c", "f" * 64, 16)
+    assert reloaded == cache
+
+
+def test_default_workers_are_every_core(monkeypatch):
+    monkeypatch.setattr(cache_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert cache_mod._worker_count(None) == 3
+    assert cache_mod._worker_count(0) == 0
 
 
 def test_build_streams_with_flat_memory(tmp_path):
     root = tmp_path / "data"
-    frame = write_dataset(root, 40, size=16, seed=3)
+    frame = write_dataset(root, 72, size=16, seed=3)
     rows = frame.assign(root=str(root), latitude_raw="0", longitude_raw="0")
     size = 96
-    total = len(frame) * 4 * 3 * size * size  # 4.4 MB of cache
-    tracemalloc.start()
-    try:
-        cache_mod.build_cache(tmp_path / "cache", "k" * 64, rows, size, workers=0, progress=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    # Holding the whole array would need `total`; streaming holds about one location (110 kB).
-    assert peak < total / 8, (peak, total)
+    row_bytes = 4 * 3 * size * size
+
+    def peak_of(n: int) -> int:
+        tracemalloc.start()
+        try:
+            cache_mod.build_cache(
+                tmp_path / f"cache-{n}", "k" * 64, rows[:n], size, workers=0, progress=False
+            )
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_of(24), peak_of(72)
+    # Holding the array would need n rows; the build holds WRITE_ROWS of them, whatever n.
+    assert large < 72 * row_bytes / 4, (large, 72 * row_bytes)
+    assert large < 1.25 * small, (small, large)
 
 
 def test_any_pil_readable_mode_and_size(tmp_path):
@@ -145,7 +194,12 @@ def test_incomplete_cache_is_rebuilt(tmp_path):
         f.truncate(100)
     assert cache_mod.ImageCache.load(tmp_path / "cache", cache.key, 16) is None
     rebuilt = build(root, tmp_path, 16).cache
-    assert rebuilt.data_path.stat().st_size == int(np.prod(rebuilt.shape))
+    assert rebuilt.data_path.stat().st_size == rebuilt.offset + int(np.prod(rebuilt.shape))
+    # A cache of the old format (raw bytes, version 1) is not taken for this one.
+    manifest = rebuilt.data_path.with_suffix(".json")
+    old = manifest.read_text().replace('"version": 2', '"version": 1')
+    manifest.write_text(old)
+    assert cache_mod.ImageCache.load(tmp_path / "cache", rebuilt.key, 16) is None
 
 
 def test_default_cache_location(tmp_path, monkeypatch):
@@ -195,3 +249,97 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path):
         validate_dataset(
             [root], croatia(), image_size=16, cache_root=tmp_path / "a-file" / "cache", workers=0
         )
+
+
+def float_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The former float64 sums: a float copy of the pixels, squared into another."""
+    values = images.reshape(-1, 3, images.shape[-2] * images.shape[-1]).astype(np.float64)
+    return values.sum(axis=(0, 2)), np.square(values).sum(axis=(0, 2)), values[:, 0].size
+
+
+def test_integer_statistics_equal_the_float64_ones(tmp_path):
+    from geoguess.data import stats as stats_mod
+
+    rng = np.random.default_rng(14)
+    array = rng.integers(0, 256, (150, 4, 3, 20, 20), dtype=np.uint8)
+    array[:10] = 255  # extreme values: squares at their largest
+    rows = rng.choice(150, 101, replace=False)
+    moments = stats_mod.ChannelMoments()
+    for start in range(0, 101, 7):
+        moments.add(array[np.sort(rows)[start : start + 7]])
+    total, total_sq, count = float_moments(array[rows])
+    assert moments.count == count
+    assert np.array_equal(moments.total.astype(np.float64), total)
+    assert np.array_equal(moments.total_sq.astype(np.float64), total_sq)
+    # The mean and std, as the float version computed them, bit for bit.
+    mean = total / count
+    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)), 1.0)
+    assert stats_mod.stats_from_memmap(array, rows) == (
+        tuple(float(v) for v in mean / 255.0),
+        tuple(float(v) for v in std / 255.0),
+    )
+    with pytest.raises(TypeError, match="uint8"):
+        moments.add(array[:2].astype(np.float32))
+
+
+def cached_dataset(root, tmp_path, size=16):
+    from geoguess.data.dataset import GeoguesserDataset
+
+    report = build(root, tmp_path, size)
+    frame = report.valid.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    targets = np.random.default_rng(0).random((len(frame), 2)).astype(np.float32)
+    class_ids = np.arange(len(frame)) % 3
+    return GeoguesserDataset(frame, size, targets, class_ids, cache=report.cache)
+
+
+def test_read_batch_equals_the_collated_items(tmp_path):
+    import torch
+
+    root = tmp_path / "data"
+    write_dataset(root, 12, size=32, seed=15)
+    dataset = cached_dataset(root, tmp_path)
+    indices = [7, 2, 11, 2, 0]
+    batch = dataset.read_batch(indices)
+    items = dataset.collate([dataset[i] for i in indices])
+    assert batch.keys() == items.keys()
+    for key in batch:
+        if key == "uuid":
+            assert batch[key] == items[key] == [dataset.uuids[i] for i in indices]
+        else:
+            assert batch[key].dtype == items[key].dtype, key
+            assert torch.equal(batch[key], items[key]), key
+    assert batch["index"].tolist() == indices
+    array = dataset.cache.open()
+    assert np.array_equal(batch["images"].numpy(), array[dataset.rows[indices]])
+    empty = dataset.read_batch([])
+    assert empty["images"].shape == (0, 4, 3, 16, 16) and empty["index"].shape == (0,)
+
+
+def test_batch_loader_reads_every_location_once_per_epoch(tmp_path, monkeypatch):
+    from geoguess.data import dataset as dataset_mod
+    from geoguess.data.sampler import BlockShuffle, LocationShuffle
+
+    root = tmp_path / "data"
+    write_dataset(root, 23, size=32, seed=16)
+    dataset = cached_dataset(root, tmp_path)
+    advised = []
+    real = dataset_mod.os.posix_fadvise
+    monkeypatch.setattr(
+        dataset_mod.os,
+        "posix_fadvise",
+        lambda fd, offset, length, advice: (
+            advised.append((offset, length)) or real(fd, offset, length, advice)
+        ),
+    )
+    for sampler in (LocationShuffle(23, seed=1), BlockShuffle(dataset.rows, 1, block_size=5)):
+        loader = dataset_mod.batch_loader(dataset, sampler, batch_size=4, read_ahead=True)
+        loader.sampler.set_epoch(3)  # as Lightning does
+        batches = list(loader)
+        seen = [i for b in batches for i in b["index"].tolist()]
+        assert seen == list(sampler.rank_order(3)) and sorted(seen) == list(range(23))
+        assert [len(b["uuid"]) for b in batches] == [4] * 5 + [3]
+    # Only the block sampler reads ahead: each block's span of the file once, in row units.
+    cache = dataset.cache
+    assert len(advised) == len(BlockShuffle(dataset.rows, 1, block_size=5).blocks) == 5
+    assert all((offset - cache.offset) % cache.row_bytes == 0 for offset, _ in advised)
+    assert sum(length for _, length in advised) == 23 * cache.row_bytes

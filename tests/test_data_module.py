@@ -154,20 +154,17 @@ def test_fitted_is_saved_and_round_trips(ready):
     assert json.loads((ready.run_dir / "fitted.json").read_text()) == saved
 
 
-def test_augmentation_only_on_train(ready, dataset, cache_dir):
+def test_loaders_hand_over_cache_rows_with_their_index(ready):
+    # Augmentation is a batch operation on the training device (geoguess.data.augment), so
+    # every loader hands over the cache's pixels, with the dataset index that keys it.
     cache = ready.report.cache
     array = cache.open()
-    val = all_batches(ready.val_dataloader())
-    rows = [cache.index[u] for u in val["uuid"]]
-    assert np.array_equal(val["images"].numpy(), array[rows])
-    train = next(iter(ready.train_dataloader()))
-    rows = [cache.index[u] for u in train["uuid"]]
-    assert not np.array_equal(train["images"].numpy(), array[rows])
-    plain = make_dm(dataset[0], cache_dir, augment=False)
-    plain.setup("fit")
-    train = next(iter(plain.train_dataloader()))
-    rows = [cache.index[u] for u in train["uuid"]]
-    assert np.array_equal(train["images"].numpy(), array[rows])
+    for loader, name in ((ready.val_dataloader(), "val"), (ready.train_dataloader(), "train")):
+        batch = next(iter(loader))
+        rows = [cache.index[u] for u in batch["uuid"]]
+        assert np.array_equal(batch["images"].numpy(), array[rows])
+        uuids = ready.splits[name]["uuid"]
+        assert [uuids[i] for i in batch["index"].tolist()] == batch["uuid"]
 
 
 def test_statistics_are_cached_and_recomputed_when_a_file_changes(tmp_path, monkeypatch):

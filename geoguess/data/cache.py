@@ -1,14 +1,17 @@
 """Decoding the views once: the memory-mapped uint8 image cache and the per-image verdicts.
 
 One parallel pass decodes every image at a DCT-reduced scale (`Image.draft`), resizes it to
-`image.size` and streams the `uint8 [N, 4, 3, S, S]` array to disk, so memory stays flat however
-large the dataset. The same pass proves that every image decodes (a truncated JPEG has a valid
-header, so only a full decode shows it); its verdicts are kept under the dataset key so that
-validation costs once. Layout, under the cache folder:
+`image.size` and writes the `uint8 [N, 4, 3, S, S]` array to disk: the array file is created at
+its full size first, and each worker process writes its own rows straight into it (`os.pwrite`
+at the row's offset), so no pixels pass through a pipe and memory stays flat however large the
+dataset. The same pass proves that every image decodes (a truncated JPEG has a valid header, so
+only a full decode shows it); its verdicts are kept under the dataset key so that validation
+costs once. Layout, under the cache folder:
 
-    <key>/verdicts.json              failed images of the dataset with this key
-    <key>/<S>px.u8, <key>/<S>px.json the image array and its manifest (uuid order, failures)
-    <key>/stats-<S>px-<hash>.json    image statistics of one training split
+    <key>/verdicts.json               failed images of the dataset with this key
+    <key>/<S>px.npy, <key>/<S>px.json the image array (a self-describing .npy) and its manifest
+                                      (uuid order, failures)
+    <key>/stats-<S>px-<hash>.json     image statistics of one training split
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from geoguess.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# 2: the array is a .npy file (was raw .u8 bytes with the shape in the manifest).
+CACHE_VERSION = 2
 CACHE_FOLDER = ".geoguess-cache"
 # Verification only needs every byte decoded, not pixels at any size: the smallest DCT scale.
 VERIFY_SIZE = 8
 # Locations per task sent to a worker: large enough to amortise pickling, small enough to stream.
 CHUNKSIZE = 4
+# Locations a build worker decodes before one write: a few MB per write, memory flat in N.
+WRITE_ROWS = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 @dataclass(frozen=True)
 class ImageCache:
-    """A built cache: `uint8 [N, 4, 3, S, S]` in `data_path`, row i holding `uuids[i]`."""
+    """A built cache: `uint8 [N, 4, 3, S, S]` in the .npy file `data_path`, row i = `uuids[i]`."""
 
     data_path: Path
     uuids: tuple[str, ...]
@@ -266,15 +272,27 @@ class ImageCache:
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
-        s = self.image_size
-        return (len(self.uuids), len(HEADINGS), 3, s, s)
+        return cache_shape(len(self.uuids), self.image_size)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one location (its four views)."""
+        return int(np.prod(self.shape[1:]))
+
+    @cached_property
+    def offset(self) -> int:
+        """Where row 0 starts in `data_path` (the length of the .npy header)."""
+        return _npy_layout(self.data_path)[2]
 
     @cached_property
     def index(self) -> dict[str, int]:
         return {u: i for i, u in enumerate(self.uuids)}
 
-    def open(self) -> np.memmap:
-        return np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=self.shape)
+    def open(self) -> np.ndarray:
+        """The array, memory-mapped read-only (pages are read on first access)."""
+        if not self.uuids:  # an empty file region cannot be mapped
+            return np.zeros(self.shape, dtype=np.uint8)
+        return np.load(self.data_path, mmap_mode="r")
 
     @classmethod
     def load(cls, cache_root: Path, key: str, image_size: int) -> ImageCache | None:
@@ -286,15 +304,36 @@ class ImageCache:
         if manifest.get("version") != CACHE_VERSION or manifest.get("image_size") != image_size:
             return None
         cache = cls(data_path, tuple(manifest["uuids"]), image_size, key, manifest["failed"])
-        expected = int(np.prod(cache.shape))
-        if not data_path.is_file() or data_path.stat().st_size != expected:
+        try:
+            shape, dtype, offset = _npy_layout(data_path)
+            size = data_path.stat().st_size
+        except (OSError, ValueError):
+            return None
+        if shape != cache.shape or dtype != np.uint8 or size != offset + np.prod(shape):
             return None
         return cache
 
 
+def cache_shape(n: int, image_size: int) -> tuple[int, int, int, int, int]:
+    return (n, len(HEADINGS), 3, image_size, image_size)
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of a .npy file, reading only its header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if fortran:
+            raise ValueError(f"{path} is stored in Fortran order")
+        return tuple(shape), dtype, f.tell()
+
+
 def _cache_paths(cache_root: Path, key: str, image_size: int) -> tuple[Path, Path]:
     folder = key_dir(cache_root, key)
-    return folder / f"{image_size}px.u8", folder / f"{image_size}px.json"
+    return folder / f"{image_size}px.npy", folder / f"{image_size}px.json"
 
 
 def build_cache(
@@ -302,28 +341,24 @@ def build_cache(
     key: str,
     frame: pd.DataFrame,
     image_size: int,
-    workers: int,
+    workers: int | None = None,
     progress: bool = True,
 ) -> ImageCache:
     """Decode every location of `frame` into the cache (sorted by uuid); also saves verdicts.
 
-    Written to a temporary file and renamed, so an interrupted build leaves no half cache;
-    locations with a failed view are stored as zeros and listed in the manifest.
+    `workers`: decoding processes (None: every core this process may use; 0 or 1: in this
+    process). Written to a temporary file and renamed, so an interrupted build leaves no half
+    cache; locations with a failed view are stored as zeros and listed in the manifest.
     """
     frame = frame.sort_values("uuid", kind="stable")
     data_path, manifest_path = _cache_paths(cache_root, key, image_size)
     data_path.parent.mkdir(parents=True, exist_ok=True)
-    blank = np.zeros((len(HEADINGS), 3, image_size, image_size), dtype=np.uint8)
-    failed: dict[str, str] = {}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{data_path.name}.", dir=data_path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out:
-            results = decode_all(_all_paths(frame), image_size, workers)
-            desc = f"caching images at {image_size}px"
-            for array, failures in _progress(results, len(frame), desc, progress):
-                # Sequential writes of one location at a time: memory stays flat for any N.
-                out.write((blank if array is None else array).tobytes())
-                failed.update({view_key(p): reason for p, reason in failures.items()})
+        failed = write_array(
+            Path(tmp_name), _all_paths(frame), image_size, worker_count(workers), progress
+        )
         os.replace(tmp_name, data_path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
@@ -338,6 +373,91 @@ def build_cache(
     write_json_atomic(manifest_path, manifest, overwrite=True)
     save_verdicts(cache_root, key, failed)
     return ImageCache(data_path, tuple(manifest["uuids"]), image_size, key, failed)
+
+
+def write_array(
+    path: Path, paths: Sequence[Sequence[str]], image_size: int, workers: int, progress: bool
+) -> dict[str, str]:
+    """Decode location i of `paths` into row i of a new .npy at `path`; {view_key: reason}.
+
+    The file is created at full size (sparse: unwritten rows read as zeros, which is how a
+    location with a failed view is stored); each task then decodes `WRITE_ROWS` consecutive
+    locations and writes them with one `os.pwrite`, in whichever process decoded them.
+    """
+    shape = cache_shape(len(paths), image_size)
+    if not paths:
+        with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a name
+            np.save(f, np.zeros(shape, dtype=np.uint8), allow_pickle=False)
+        return {}
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    offset = header.offset
+    del header  # only the header and the file's length were needed
+    tasks = [
+        (start, [list(p) for p in paths[start : start + WRITE_ROWS]])
+        for start in range(0, len(paths), WRITE_ROWS)
+    ]
+    failed: dict[str, str] = {}
+    desc = f"caching images at {image_size}px"
+    with _progress(None, len(paths), desc, progress) as bar:
+        for done, failures in _run_writes(tasks, str(path), offset, image_size, workers):
+            failed.update({view_key(p): reason for p, reason in failures.items()})
+            bar.update(done)
+    return dict(sorted(failed.items()))
+
+
+def _run_writes(tasks, path: str, offset: int, image_size: int, workers: int):
+    """(locations done, failures) of each task, run here or in `workers` processes."""
+    if workers <= 1 or len(tasks) < 2:
+        _open_output(path, offset, image_size)
+        try:
+            yield from map(_write_task, tasks)
+        finally:
+            _close_output()
+        return
+    context = _pool_context()
+    init = (path, offset, image_size)
+    with context.Pool(workers, initializer=_open_output, initargs=init) as pool:
+        # Unordered: a slow task never holds back the progress of the others.
+        yield from pool.imap_unordered(_write_task, tasks, chunksize=1)
+
+
+# Per-process state of a build: the output file, opened once per worker.
+_OUTPUT: dict = {}
+
+
+def _open_output(path: str, offset: int, image_size: int) -> None:
+    _OUTPUT.update(fd=os.open(path, os.O_WRONLY), offset=offset, size=image_size)
+
+
+def _close_output() -> None:
+    os.close(_OUTPUT.pop("fd"))
+
+
+def _write_task(task: tuple[int, list[list[str]]]) -> tuple[int, dict[str, str]]:
+    start, locations = task
+    size = _OUTPUT["size"]
+    rows = np.zeros(cache_shape(len(locations), size), dtype=np.uint8)
+    failed: dict[str, str] = {}
+    for k, paths in enumerate(locations):
+        views, failures = decode_location(paths, size)
+        if views is not None:
+            rows[k] = views
+        failed.update(failures)
+    data = memoryview(rows).cast("B")
+    position = _OUTPUT["offset"] + start * rows[0].nbytes
+    while data:  # pwrite may write less than asked (signals, some file systems)
+        written = os.pwrite(_OUTPUT["fd"], data, position)
+        data, position = data[written:], position + written
+    return len(locations), failed
+
+
+def worker_count(workers: int | None) -> int:
+    if workers is not None:
+        return int(workers)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def stats_path(cache_root: Path, key: str, image_size: int, train_uuids: Sequence[str]) -> Path:

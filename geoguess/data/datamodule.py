@@ -16,14 +16,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
 from geoguess.data import stats as stats_mod
+from geoguess.data.augment import BatchAugment
 from geoguess.data.cache import stats_path
-from geoguess.data.dataset import GeoguesserDataset, ViewAugment
+from geoguess.data.dataset import GeoguesserDataset, batch_loader
 from geoguess.data.fitted import FittedData
 from geoguess.data.io import DataError, as_roots
+from geoguess.data.sampler import BlockShuffle, LocationShuffle, should_block_shuffle
 from geoguess.data.split import (
     SPLIT_BY,
     SPLITS,
@@ -91,6 +92,7 @@ class GeoDataModule(L.LightningDataModule):
         self.use_cache = bool(cache)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.augment = bool(augment)
+        self.augmenter = BatchAugment(seed=seed) if self.augment else None
         self.batch_size = _positive_int("data.batch_size", batch_size)
         self.num_workers = _non_negative_int("data.num_workers", num_workers)
         self.country = _as_country(country)
@@ -154,7 +156,7 @@ class GeoDataModule(L.LightningDataModule):
                 self.outside_tolerance_km,
                 image_size=self.image_size if self.use_cache else None,
                 cache_root=self.cache_dir,
-                workers=self.num_workers,
+                workers=None,  # decoding uses every core
                 progress=self.progress,
             )
         return self.report
@@ -260,25 +262,30 @@ class GeoDataModule(L.LightningDataModule):
             "invalid": report.n_invalid_rows,
         }
 
-    def loader(self, name: str, augment: bool = False) -> DataLoader:
-        """The split `name` in order, without augmentation unless asked (for passes over the
-        data besides training: retrieval index, calibration)."""
+    def loader(self, name: str) -> DataLoader:
+        """The split `name` in order, never augmented, on this process alone (for passes over
+        the data besides training: the retrieval index, the calibration)."""
         if name not in self.datasets:
             self.setup("fit")
-        dataset = self._dataset(name, self.splits[name], augment=augment)
-        return make_loader(dataset, self.batch_size, self.num_workers)
+        dataset = self.datasets[name]
+        return self._batches(dataset, LocationShuffle(len(dataset), shuffle=False))
 
-    def _dataset(self, name: str, frame: pd.DataFrame, augment: bool | None = None):
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Training batches augmented here, on the training device, as whole batches; each
+        location's crop and jitter depend on (seed, epoch, location) alone."""
+        trainer = getattr(self, "trainer", None)
+        if self.augmenter is not None and trainer is not None and trainer.training:
+            batch["images"] = self.augmenter(batch["images"], batch["index"], trainer.current_epoch)
+        return batch
+
+    def _dataset(self, name: str, frame: pd.DataFrame) -> GeoguesserDataset:
         lat, lon = frame["latitude"].to_numpy(), frame["longitude"].to_numpy()
-        augment = self.augment and name == "train" if augment is None else augment
-        augment = ViewAugment(self.image_size) if augment else None
         return GeoguesserDataset(
             frame,
             self.image_size,
             targets=self.fitted.targets.normalize(lat, lon) if len(frame) else np.zeros((0, 2)),
             class_ids=self.fitted.grid.assign(lat, lon) if len(frame) else np.zeros(0),
             cache=self.report.cache if self.report is not None else None,
-            augment=augment,
             # Training keeps its batch size by borrowing the next location; evaluation must
             # not count a location twice, so it leaves the broken one out.
             on_failure="substitute" if name == "train" else "drop",
@@ -287,11 +294,25 @@ class GeoDataModule(L.LightningDataModule):
     # -- Loaders ------------------------------------------------------------------------------
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        """Whole batches in an order that is a function of (seed, epoch); under DDP each rank
+        takes its share (the trainer's own sampler replacement is off: see train.py)."""
         if name not in self.datasets:
             self.setup("fit")
         dataset = self.datasets[name]
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
-        return make_loader(dataset, self.batch_size, self.num_workers, sampler)
+        trainer = getattr(self, "trainer", None)
+        ranks = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
+        cache = dataset.cache
+        if shuffle and cache is not None and should_block_shuffle(cache.data_path.stat().st_size):
+            sampler = BlockShuffle(dataset.rows, self.seed, **ranks)
+        else:
+            sampler = LocationShuffle(len(dataset), self.seed, shuffle=shuffle, **ranks)
+        return self._batches(dataset, sampler)
+
+    def _batches(self, dataset: GeoguesserDataset, sampler) -> DataLoader:
+        # From the cache, reading whole batches in this process is the fastest (no batch crosses
+        # a process boundary); decoding JPEGs (data.cache=false) needs the workers.
+        workers = self.num_workers if dataset.cache is None else 0
+        return batch_loader(dataset, sampler, self.batch_size, num_workers=workers)
 
     def _is_global_zero(self) -> bool:
         from geoguess.runs import global_rank
@@ -312,40 +333,6 @@ class FolderDataModule(GeoDataModule):
 
     def dataset_roots(self) -> list[Path]:
         return self.roots
-
-
-class EpochShuffle(torch.utils.data.Sampler):
-    """A random order of `n` items that is a function of (seed, epoch) alone.
-
-    Lightning calls `set_epoch` before every epoch; the order depends on nothing else (not on
-    the global random state), so a resumed run sees the same order as the uninterrupted one.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = int(n), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(rng.permutation(self.n).tolist())
-
-
-def make_loader(dataset, batch_size: int, num_workers: int, sampler=None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=False,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        collate_fn=dataset.collate,
-    )
 
 
 def _write_once(path: Path, fitted: FittedData) -> None:

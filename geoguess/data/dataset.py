@@ -1,41 +1,26 @@
-"""`GeoguesserDataset`: one item per location, its four views as `uint8 [4, 3, S, S]`."""
+"""`GeoguesserDataset`: one item per location, its four views as `uint8 [4, 3, S, S]`.
+
+Items are unaugmented: training augmentation is a batch operation on the device that trains
+(`geoguess.data.augment.BatchAugment`), keyed by each item's "index". `batch_loader` reads
+whole batches from the image cache at once (one fancy index into the memory map per batch).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from geoguess.data.cache import ImageCache, decode_location
 from geoguess.data.io import HEADINGS, image_paths
+from geoguess.data.sampler import BatchesOf
 
 log = logging.getLogger(__name__)
-
-
-class ViewAugment:
-    """Train-time augmentation applied to each view on its own, on uint8 tensors.
-
-    Only geometry-preserving changes: a mild random resized crop (70-100 % of the area, aspect
-    near 1, so the horizon and the heading barely move) and brightness/contrast jitter. No horizontal flip: it swaps east and west, and the
-    views' heading order would then lie.
-    """
-
-    def __init__(self, size: int, scale: tuple[float, float] = (0.7, 1.0)) -> None:
-        from torchvision.transforms import v2
-
-        self.transform = v2.Compose(
-            [
-                v2.RandomResizedCrop(size, scale=scale, ratio=(0.9, 1.1), antialias=True),
-                # Saturation jitter would double the cost per view on the CPU workers.
-                v2.ColorJitter(brightness=0.2, contrast=0.2),
-            ]
-        )
-
-    def __call__(self, views: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.transform(view) for view in views])
 
 
 class GeoguesserDataset(Dataset):
@@ -53,7 +38,6 @@ class GeoguesserDataset(Dataset):
         targets: np.ndarray | None = None,
         class_ids: np.ndarray | None = None,
         cache: ImageCache | None = None,
-        augment: ViewAugment | None = None,
         on_failure: str = "drop",
     ) -> None:
         n = len(frame)
@@ -71,7 +55,6 @@ class GeoguesserDataset(Dataset):
         self.image_size = int(image_size)
         self.cache = cache
         self.rows = np.array([cache.index[u] for u in self.uuids]) if cache is not None else None
-        self.augment = augment
         if on_failure not in ("drop", "substitute"):
             raise ValueError(f"on_failure={on_failure!r} is not 'drop' or 'substitute'")
         self.on_failure = on_failure
@@ -92,9 +75,7 @@ class GeoguesserDataset(Dataset):
     def load_views(self, index: int) -> np.ndarray | None:
         """`uint8 [4, 3, S, S]` of one location, or None (logged) when a view fails to decode."""
         if self.cache is not None:
-            if self._memmap is None:
-                self._memmap = self.cache.open()
-            return np.array(self._memmap[self.rows[index]])
+            return np.array(self._array()[self.rows[index]])
         views, failures = decode_location([str(p) for p in self.paths(index)], self.image_size)
         for path, reason in failures.items():
             log.warning("%s %s; location %s excluded", path, reason, self.uuids[index])
@@ -116,12 +97,14 @@ class GeoguesserDataset(Dataset):
             return None
         raise RuntimeError("no location of this dataset has readable images")
 
+    def _array(self) -> np.ndarray:
+        if self._memmap is None:
+            self._memmap = self.cache.open()
+        return self._memmap
+
     def _item(self, i: int, views: np.ndarray) -> dict:
-        images = torch.from_numpy(views)
-        if self.augment is not None:
-            images = self.augment(images)
         return {
-            "images": images,
+            "images": torch.from_numpy(views),
             "latlon": torch.tensor(self.latlon[i]),
             "target": torch.tensor(self.targets[i]),
             "class_id": torch.tensor(self.class_ids[i], dtype=torch.int64),
@@ -129,6 +112,27 @@ class GeoguesserDataset(Dataset):
             "index": torch.tensor(i, dtype=torch.int64),
             # The image cache's row (-1 without a cache): the key of cached backbone features.
             "row": torch.tensor(self.rows[i] if self.rows is not None else -1, dtype=torch.int64),
+        }
+
+    def read_batch(self, indices: Sequence[int]) -> dict:
+        """The batch of `indices`, as `collate` of their items gives it, read at once.
+
+        From the cache: one fancy index into the memory map (no per-item tensors, no collate
+        copy). Without a cache: item by item, with the failure handling of `__getitem__`.
+        """
+        if self.cache is None:
+            return self.collate([self[i] for i in indices])
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(indices):
+            return self.collate([])
+        return {
+            "images": torch.from_numpy(self._array()[self.rows[indices]]),
+            "latlon": torch.from_numpy(self.latlon[indices]),
+            "target": torch.from_numpy(self.targets[indices]),
+            "class_id": torch.from_numpy(self.class_ids[indices]),
+            "uuid": [self.uuids[i] for i in indices.tolist()],
+            "index": torch.from_numpy(indices),
+            "row": torch.from_numpy(self.rows[indices]),
         }
 
     def collate(self, items: list[dict | None]) -> dict:
@@ -146,3 +150,95 @@ class GeoguesserDataset(Dataset):
             "index": torch.zeros(0, dtype=torch.int64),
             "row": torch.zeros(0, dtype=torch.int64),
         }
+
+
+class BatchReader(Dataset):
+    """`reader[list of indices]` is the whole batch (`GeoguesserDataset.read_batch`).
+
+    For a DataLoader with `batch_size=None` whose sampler yields index lists (`batch_loader`).
+    With `blocks` (`BlockShuffle.blocks`: lists of dataset indices whose cache rows are read
+    together), the first batch that touches a block asks the kernel to read the block's whole
+    span of the cache file in the background (`POSIX_FADV_WILLNEED`): one large sequential read
+    instead of page faults row by row, for disks where random reads are slow (on the virtual
+    disk it was measured on it did not pay off; see docs/performance.md).
+    """
+
+    # Blocks remembered as already read ahead (more than a shuffle buffer holds).
+    REMEMBERED_BLOCKS = 64
+
+    def __init__(self, dataset: GeoguesserDataset, blocks: Sequence[np.ndarray] | None = None):
+        self.dataset = dataset
+        self._spans: np.ndarray | None = None
+        self._block_of: np.ndarray | None = None
+        if blocks is not None and dataset.cache is not None and len(dataset):
+            self._block_of = np.empty(len(dataset), dtype=np.int64)
+            self._spans = np.empty((len(blocks), 2), dtype=np.int64)
+            for b, members in enumerate(blocks):
+                self._block_of[members] = b
+                rows = dataset.rows[members]
+                self._spans[b] = rows.min(), rows.max() + 1
+        self._fd: int | None = None
+        self._advised: dict[int, None] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_fd=None, _advised={})  # each worker opens the file itself
+        return state
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict:
+        if self._spans is not None and hasattr(os, "posix_fadvise"):
+            self._read_ahead(np.asarray(indices, dtype=np.int64))
+        return self.dataset.read_batch(indices)
+
+    def _read_ahead(self, indices: np.ndarray) -> None:
+        cache = self.dataset.cache
+        if self._fd is None:
+            self._fd = os.open(cache.data_path, os.O_RDONLY)
+        for block in np.unique(self._block_of[indices]).tolist():
+            if block in self._advised:
+                continue
+            self._advised[block] = None
+            if len(self._advised) > self.REMEMBERED_BLOCKS:
+                self._advised.pop(next(iter(self._advised)))
+            start, stop = self._spans[block]
+            offset = cache.offset + int(start) * cache.row_bytes
+            os.posix_fadvise(
+                self._fd, offset, int(stop - start) * cache.row_bytes, os.POSIX_FADV_WILLNEED
+            )
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
+def batch_loader(
+    dataset: GeoguesserDataset,
+    sampler,
+    batch_size: int,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    read_ahead: bool = False,
+) -> DataLoader:
+    """A loader of whole batches: `sampler` (`LocationShuffle`, `BlockShuffle`) in batches.
+
+    `num_workers=0` reads in this process, the fastest from a warm cache (no batch crosses a
+    process boundary); `pin_memory` defaults to whether CUDA is available. `read_ahead` with
+    a `BlockShuffle` sampler asks the kernel for each block's whole span at its first use
+    (see `BatchReader`; it did not pay off on the virtual disk it was measured on, see
+    docs/performance.md).
+    """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    blocks = getattr(sampler, "blocks", None) if read_ahead else None
+    return DataLoader(
+        BatchReader(dataset, blocks),
+        batch_size=None,
+        sampler=BatchesOf(sampler, batch_size, drop_last),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )

@@ -21,30 +21,39 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE = ("dataset", "imagenet")
-# Locations summed per step: bounds memory to ~chunk x 4 x 3 x S x S x 8 bytes.
+# Locations summed per step: bounds the temporaries to ~chunk x 4 x 3 x S x S x 2 bytes.
 CHUNK = 64
 
 
 class ChannelMoments:
-    """Running per-channel sums over uint8 views, exact in float64 for any dataset size."""
+    """Running per-channel sums of uint8 views and of their squares, exact in integers.
+
+    uint8 values and their squares (at most 255^2, a uint16) are summed into uint64 without a
+    float copy of the pixels: exact for any dataset size (up to ~2^64 / 255^2 values per
+    channel), and the mean and std are those a float64 sum gives.
+    """
 
     def __init__(self) -> None:
         self.count = 0
-        self.total = np.zeros(3)
-        self.total_sq = np.zeros(3)
+        self.total = np.zeros(3, dtype=np.uint64)
+        self.total_sq = np.zeros(3, dtype=np.uint64)
 
     def add(self, images: np.ndarray) -> None:
         """`images`: uint8 `[..., 3, H, W]`."""
-        values = images.reshape(-1, 3, images.shape[-2] * images.shape[-1]).astype(np.float64)
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise TypeError(f"channel moments need uint8 images, not {images.dtype}")
+        values = images.reshape(-1, 3, images.shape[-2] * images.shape[-1])
         self.count += values.shape[0] * values.shape[2]
-        self.total += values.sum(axis=(0, 2))
-        self.total_sq += np.square(values).sum(axis=(0, 2))
+        self.total += values.sum(axis=(0, 2), dtype=np.uint64)
+        squares = np.square(values, dtype=np.uint16)
+        self.total_sq += squares.sum(axis=(0, 2), dtype=np.uint64)
 
     def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.count == 0:
             raise ValueError("no training images to compute statistics from")
-        mean = self.total / self.count
-        var = np.maximum(self.total_sq / self.count - mean**2, 0.0)
+        mean = self.total.astype(np.float64) / self.count
+        var = np.maximum(self.total_sq.astype(np.float64) / self.count - mean**2, 0.0)
         # A constant channel (synthetic data) would divide by zero when normalising.
         std = np.maximum(np.sqrt(var), 1.0)
         return tuple(float(v) for v in mean / 255.0), tuple(float(v) for v in std / 255.0)

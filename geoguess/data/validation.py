@@ -209,7 +209,7 @@ def validate_dataset(
     outside_tolerance_km: float = 5.0,
     image_size: int | None = None,
     cache_root: Path | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     progress: bool = True,
 ) -> ValidationReport:
     """Check every row and every referenced file once; never raises for invalid locations.
@@ -230,6 +230,7 @@ def validate_dataset(
     candidates = frame[decodable].reset_index(drop=True)
     key = cache_mod.dataset_key(candidates, sizes[decodable], mtimes[decodable])
     cache_root = Path(cache_root) if cache_root else cache_mod.default_cache_root(roots[0])
+    workers = cache_mod.worker_count(workers)  # None: every core
     image_cache, failed = _decode_pass(candidates, key, cache_root, image_size, workers, progress)
     problems += decode_problems(candidates, failed)
     bad_rows = {(p.csv, p.row) for p in problems}

@@ -1,0 +1,70 @@
+"""`python -m geoguess.bench` (`make bench`): measure, write bench.json, print a table.
+
+The measurements live in `geoguess.benchmarks`; this is only the command. `bench.quick=true`
+shrinks every size (a smoke run for the tests); `bench.sections=[train_step,loader]` runs a part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from geoguess.utils.cli import CONFIG_PATH, run_dir, user_errors
+from geoguess.utils.io import write_json_atomic
+
+# bench.quick=true: the smallest run that still exercises every code path.
+QUICK = {
+    "locations": 64,
+    "image_sizes": [32, 16],
+    "repeats": 1,
+    "batch_size": 8,
+    "loader_locations": 16,
+    "naive_locations": 8,
+    "cold_image_size": 32,
+    "train_batch_size": 4,
+    "train_steps": 2,
+    "warmup_steps": 1,
+    "overhead_image_size": 32,
+    "metric_pairs": 2000,
+}
+
+
+def settings_from(cfg: DictConfig, cuda: bool):
+    """`BenchSettings` from the `bench` keys: nulls resolved for the device, quick applied."""
+    from geoguess.benchmarks import BenchSettings
+
+    values = OmegaConf.to_container(cfg.bench, resolve=True)
+    quick = values.pop("quick")
+    if values["train_backbones"] is None:
+        values["train_backbones"] = ["resnext50", "efficientnet_b0"] if cuda else ["tiny"]
+    if values["train_image_size"] is None:
+        values["train_image_size"] = 224 if cuda else 56
+    if values["train_batch_size"] is None:
+        values["train_batch_size"] = 64 if cuda else 32
+    if quick:
+        values.update(QUICK)
+        values["train_backbones"] = ["tiny"]
+        values["train_image_size"] = 32
+    known = {f.name for f in dataclasses.fields(BenchSettings)}
+    return BenchSettings(**{k: v for k, v in values.items() if k in known})
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
+@user_errors
+def main(cfg: DictConfig) -> int:
+    import torch
+
+    from geoguess import benchmarks
+
+    settings = settings_from(cfg, torch.cuda.is_available())
+    result = benchmarks.run_benchmarks(settings, progress=lambda text: print(f"[bench] {text}"))
+    path = write_json_atomic(run_dir() / "bench.json", result)
+    print(benchmarks.table(result))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
