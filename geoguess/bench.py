@@ -11,7 +11,8 @@ import dataclasses
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from geoguess.utils.cli import CONFIG_PATH, run_dir, user_errors
+from geoguess import runs
+from geoguess.utils.cli import CONFIG_PATH, user_errors
 from geoguess.utils.io import write_json_atomic
 
 # bench.quick=true: the smallest run that still exercises every code path.
@@ -28,6 +29,10 @@ QUICK = {
     "warmup_steps": 1,
     "overhead_image_size": 32,
     "metric_pairs": 2000,
+    "feature_cache_backbone": "tiny",
+    "feature_cache_image_size": 32,
+    "feature_cache_locations": 40,
+    "feature_cache_epochs": 1,
 }
 
 
@@ -58,9 +63,10 @@ def main(cfg: DictConfig) -> int:
 
     from geoguess import benchmarks
 
+    out = runs.claim(cfg)
     settings = settings_from(cfg, torch.cuda.is_available())
     result = benchmarks.run_benchmarks(settings, progress=lambda text: print(f"[bench] {text}"))
-    path = write_json_atomic(run_dir() / "bench.json", result)
+    path = write_json_atomic(out / "bench.json", result)
     print(benchmarks.table(result))
     print(f"wrote {path}")
     return 0

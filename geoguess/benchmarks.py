@@ -63,6 +63,11 @@ class BenchSettings:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
     channels_last: str = "auto"  # auto: on CUDA
     metric_pairs: int = 1_000_000
+    # The feature cache: a frozen pretrained backbone, epochs timed with and without it.
+    feature_cache_backbone: str = "efficientnet_lite0"
+    feature_cache_image_size: int = 224
+    feature_cache_locations: int = 400
+    feature_cache_epochs: int = 2
     source: str | None = None  # a dataset folder to replicate; None: the real sample or generated
     work_dir: str | None = None  # where the replicated data and caches go; None: a temp folder
     keep_work_dir: bool = False
@@ -880,10 +885,8 @@ def run_benchmarks(settings: BenchSettings, progress: Callable[[str], None] = pr
             result["train_step"] = bench_train_step(settings, device)
             result["train_step"].update(bench_lightning_overhead(settings, device))
         if "feature_cache" in sections:
-            result["feature_cache"] = {
-                "speedup": None,
-                "note": "the feature cache for frozen backbones is not built yet (issue 11 item 4)",
-            }
+            progress(f"feature cache ({settings.feature_cache_backbone}, frozen)")
+            result["feature_cache"] = bench_feature_cache(settings, work)
         if "metric" in sections:
             progress("metric")
             result["metric"] = bench_metric(settings, device)
@@ -893,6 +896,47 @@ def run_benchmarks(settings: BenchSettings, progress: Callable[[str], None] = pr
         if made_work and not settings.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def bench_feature_cache(settings: BenchSettings, work: Path) -> dict:
+    """Epoch time of a frozen-backbone run without / with the feature cache (real
+    `geoguess.train` runs on a generated set; the cache's one-time build is not an epoch)."""
+    import subprocess
+    import sys
+
+    from geoguess.data.synthesize import generate
+
+    root = work / "feature-cache-data"
+    if not (root / "data.csv").exists():
+        size = max(64, settings.feature_cache_image_size // 2)
+        generate(root, settings.feature_cache_locations, image_size=size, progress=False)
+    epochs = settings.feature_cache_epochs
+    overrides = [
+        f"backbone={settings.feature_cache_backbone}",
+        "unfreeze=frozen",
+        "data=folder",
+        f"data.root={root}",
+        "data.split_by=hash",
+        "data.augment=false",
+        f"data.batch_size={settings.batch_size}",
+        f"image.size={settings.feature_cache_image_size}",
+        "logger=none",
+        f"trainer.max_epochs={epochs}",
+        "trainer.num_sanity_val_steps=0",
+    ]
+    figures = {}
+    for name, cached in (("without", False), ("with", True)):
+        out = work / f"feature-cache-run-{name}"
+        command = [sys.executable, "-m", "geoguess.train", *overrides]
+        command += [f"model.feature_cache={str(cached).lower()}", f"hydra.run.dir={out}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"feature cache run failed: {done.stderr[-2000:]}")
+        results = json.loads((out / "results.json").read_text())
+        figures[f"epoch_seconds_{name}"] = results["train_seconds"] / epochs
+        figures[f"val_km_{name}"] = results["val_haversine_km"]
+    figures["speedup"] = figures["epoch_seconds_without"] / figures["epoch_seconds_with"]
+    return figures
 
 
 def extrapolate(result: dict, settings: BenchSettings) -> dict:

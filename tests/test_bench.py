@@ -49,6 +49,7 @@ def test_quick_bench_writes_every_key(quick_run):
         ]
     expected += ["loader.cold.random_samples_per_s", "loader.cold.block_samples_per_s"]
     expected += ["train_step.tiny.32.samples_per_s", "metric.haversine_pairs_per_s"]
+    expected += [f"feature_cache.{k}" for k in ("speedup", "epoch_seconds_with", "val_km_with")]
     expected += [f"metric.max_rel_error_vs_geod.{k}" for k in ("float32", "bf16_autocast")]
     for n in benchmarks.EXTRAPOLATE_TO:
         expected += [f"extrapolated.{n}.cache_32_disk_gb", f"extrapolated.{n}.stats_seconds"]
@@ -57,8 +58,9 @@ def test_quick_bench_writes_every_key(quick_run):
     assert benchmarks.finite_numbers(result) == []
     for key in expected:
         assert isinstance(flat[key], float | int) and math.isfinite(flat[key]) and flat[key] > 0
-    # Not built yet: said so, never a made-up number.
-    assert result["feature_cache"]["speedup"] is None and result["feature_cache"]["note"]
+    # The same frozen run with and without cached features: the same validation error.
+    cache = result["feature_cache"]
+    assert cache["val_km_with"] == pytest.approx(cache["val_km_without"], abs=1e-3)
     assert result["device"]["type"] == "cpu" and result["device"]["cores"] >= 1
     # The table shows the same figures.
     assert "loader.32.ratio" in stdout and "bench.json" in stdout

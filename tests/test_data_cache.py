@@ -110,8 +110,8 @@ def test_failed_location_is_stored_as_zeros_and_listed(tmp_path):
 
 def test_default_workers_are_every_core(monkeypatch):
     monkeypatch.setattr(cache_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert cache_mod._worker_count(None) == 3
-    assert cache_mod._worker_count(0) == 0
+    assert cache_mod.worker_count(None) == 3
+    assert cache_mod.worker_count(0) == 0
 
 
 def test_build_streams_with_flat_memory(tmp_path):

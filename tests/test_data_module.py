@@ -287,12 +287,36 @@ def test_spatial_split_and_fraction(tmp_path):
     assert len(half.splits["train"]) < len(dm.splits["train"])
 
 
-def test_parallel_loader_workers_read_the_memmap(ready, dataset, cache_dir):
-    dm = make_dm(dataset[0], cache_dir, num_workers=2, augment=False)
-    dm.setup("fit")
-    loader = dm.val_dataloader()
-    assert loader.persistent_workers
+def test_loaders_read_the_cache_here_and_decode_in_workers(ready, dataset, cache_dir):
+    """With the cache, whole batches are read in this process; without it, workers decode."""
+    assert ready.val_dataloader().num_workers == 0
+    direct = make_dm(dataset[0], cache_dir, num_workers=2, augment=False, cache=False)
+    direct.setup("fit")
+    loader = direct.val_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
     assert torch.equal(all_batches(loader)["images"], all_batches(ready.val_dataloader())["images"])
+
+
+def test_training_batches_are_augmented_on_the_device_reproducibly(ready):
+    class Trainer:
+        training, current_epoch = True, 3
+
+    batch = next(iter(ready.train_dataloader()))
+    raw = batch["images"].clone()
+    ready.trainer = Trainer()
+    try:
+        first = ready.on_after_batch_transfer(dict(batch, images=raw.clone()), 0)["images"]
+        again = ready.on_after_batch_transfer(dict(batch, images=raw.clone()), 0)["images"]
+        Trainer.current_epoch = 4
+        later = ready.on_after_batch_transfer(dict(batch, images=raw.clone()), 0)["images"]
+        Trainer.training = False
+        evaluated = ready.on_after_batch_transfer(dict(batch, images=raw.clone()), 0)["images"]
+    finally:
+        ready.trainer = None
+    assert first.dtype == torch.uint8 and first.shape == raw.shape
+    assert not torch.equal(first, raw) and torch.equal(first, again)  # (seed, epoch, index)
+    assert not torch.equal(first, later)  # another epoch, another draw
+    assert torch.equal(evaluated, raw)  # validation and test are never augmented
 
 
 def test_bad_settings_are_clear_errors(dataset, cache_dir):
