@@ -349,7 +349,7 @@ def generate_if_missing(
     """Generate the synthetic dataset into `root` unless it already holds a data.csv."""
     if (Path(root) / CSV_NAME).exists():
         return
-    from geoguess.data.synthesize import generate  # only needed the first time
+    from geoguess.data.synthetic import generate  # only needed the first time
 
     log.info("generating a synthetic dataset of %d locations in %s", num_locations, root)
     generate(
