@@ -904,7 +904,7 @@ def bench_feature_cache(settings: BenchSettings, work: Path) -> dict:
     import subprocess
     import sys
 
-    from geoguess.data.synthesize import generate
+    from geoguess.data.synthetic import generate
 
     root = work / "feature-cache-data"
     if not (root / "data.csv").exists():

@@ -1,27 +1,46 @@
-"""The embedded synthetic dataset: format, determinism, a real location signal, the CLI."""
+"""The embedded synthetic dataset: format, determinism, its geography, its name, the CLI.
+
+That colour alone gives little away is checked in `test_synthetic_shortcuts.py`.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 from pathlib import Path
+from uuid import UUID, uuid5
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from geoguess.data.synthesize import SynthesizeError, generate
-from geoguess.data.synthetic_render import render_views
-from geoguess.data.synthetic_world import RAY_HEADINGS_DEG, build_world, scene_parameters
+from geoguess.data.io import HEADINGS
+from geoguess.data.synthetic import SynthesizeError, dataset_key, generate
+from geoguess.data.synthetic.generator import location_uuids, sample_locations
+from geoguess.data.synthetic.render import render_views
+from geoguess.data.synthetic.style import FIELD_KINDS, TREE_FORMS, ZONES, expected_style
+from geoguess.data.synthetic.world import (
+    MARGIN_M,
+    RAY_HEADINGS_DEG,
+    build_world,
+    check_coverage,
+    scene_parameters,
+)
 from geoguess.errors import GeoguessError
-from geoguess.geo import Country, haversine_km
+from geoguess.geo import Country
+from geoguess.geo.boundary import DEFAULT_BOUNDARY, DEFAULT_NEIGHBOURS
 from tests.cli import run_module
 
-HEADINGS = (0, 90, 180, 270)
 SMALL = {"num_locations": 30, "image_size": 32, "progress": False}
 MAKARSKA = (43.297, 17.018)  # on the shore, Biokovo rising behind it to the north-east
 ZAGREB = (45.81, 15.98)
 OSIJEK = (45.55, 18.69)  # the Pannonian plain
+DUBROVNIK = (42.65, 18.09)
+DELNICE = (45.40, 14.80)  # Gorski kotar: fir and spruce
+ROVINJ = (45.08, 13.66)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +101,12 @@ def test_refuses_to_overwrite_unless_asked(small, tmp_path, croatia):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, croatia, monkeypatch):
-    import geoguess.data.synthesize as synthesize
+    import geoguess.data.synthetic.generator as generator
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthesize, "_write_csv", fail)
+    monkeypatch.setattr(generator, "_write_csv", fail)
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "data", country=croatia, **SMALL)
     assert list(tmp_path.iterdir()) == []
@@ -113,10 +132,11 @@ def test_sea_and_mountains_follow_the_real_geography(croatia):
     assert makarska_relief[ray[90]] > 0.2 > makarska_relief[ray[270]]  # Biokovo inland
     assert (scenes["sea_band"][1:] == 0).all()  # Zagreb and Osijek are far from the sea
     assert scenes["horizon_angle"][2].max() < 0.05  # Slavonia is flat
-    # And the rendered pixels show it: sea blue below the horizon only where the sea is.
-    sea = np.mean([_sea_share(_scene(scenes, 0), seed) for seed in range(5)], axis=0)
-    assert sea[HEADINGS.index(270)] > 0.3 and sea[HEADINGS.index(90)] < 0.01
-    assert max(_sea_share(_scene(scenes, 1), seed).max() for seed in range(5)) < 0.01
+    # And the rendered pixels show it: sea below the horizon only where the sea is, whatever
+    # the weather (the sea is bluer than the land in every light).
+    sea = np.mean([_sea_share(_scene(scenes, 0), seed) for seed in range(8)], axis=0)
+    assert sea[HEADINGS.index(270)] > 0.3 and sea[HEADINGS.index(90)] < 0.05
+    assert max(_sea_share(_scene(scenes, 1), seed).max() for seed in range(8)) < 0.05
 
 
 def _scene(scenes, index):
@@ -124,50 +144,99 @@ def _scene(scenes, index):
 
 
 def _sea_share(scene, seed, size=64) -> np.ndarray:
-    """Per view, the share of clearly blue pixels in the band just below the horizon."""
+    """Per view, the share of bluish, unbroken pixels in the band just below the horizon."""
     views = render_views(scene, size, np.random.default_rng(seed)).astype(int)
-    band = views[:, int(size * 0.6) : int(size * 0.66)]
+    band = views[:, int(size * 0.53) : int(size * 0.58)]
     red, green, blue = band[..., 0], band[..., 1], band[..., 2]
-    return ((blue > red + 40) & (blue > green + 10)).mean(axis=(1, 2))
+    return ((blue > red + 25) & (blue >= green)).mean(axis=(1, 2))
 
 
-def test_location_is_learnable_from_the_pixels(tmp_path, croatia):
-    """Ridge regression on coarse colour features beats predicting the mean location."""
-    root = generate(tmp_path / "data", num_locations=600, seed=3, country=croatia,
-                    image_size=32, progress=False)  # fmt: skip
-    frame = pd.read_csv(root / "data.csv", index_col=0)
-    images = np.stack([read_images(root, uuid) for uuid in frame["uuid"]]) / 255.0
-    features = _colour_features(images)
-    x, y = croatia.projector.forward(frame["latitude"].to_numpy(), frame["longitude"].to_numpy())
-    target = np.stack([x, y], axis=1)
-    train, test = slice(0, 400), slice(400, None)
-    predicted = _ridge(features[train], target[train], features[test], alpha=100.0)
-    mean = np.broadcast_to(target[train].mean(axis=0), predicted.shape)
-    model_km, mean_km = (_mean_error_km(croatia, p, frame.iloc[test]) for p in (predicted, mean))
-    print(f"ridge {model_km:.1f} km vs mean location {mean_km:.1f} km")
-    assert mean_km / model_km >= 1.5
+def test_regional_style_follows_the_real_geography(croatia):
+    """What grows and what is built differs by zone; zones follow the real regions."""
+    places = (DUBROVNIK, OSIJEK, DELNICE, ZAGREB, ROVINJ)
+    lat, lon = np.array(places).T
+    scenes = scene_parameters(build_world(croatia), lat, lon)
+    np.testing.assert_allclose(scenes["zones"].sum(axis=1), 1.0, rtol=1e-5)
+    zone = [ZONES[i] for i in scenes["zones"].argmax(axis=1)]
+    assert zone == ["south_dalmatia", "east_slavonia", "gorski_kotar", "northwest", "istria"]
+    assert (scenes["zones"].max(axis=1) > 0.7).all()  # well inside a zone: mostly that zone
+    style = expected_style(scenes["zones"])
+    for key in ("tree_forms", "field_kinds", "house_forms"):
+        np.testing.assert_allclose(style[key].sum(axis=1), 1.0, rtol=1e-5)
+    trees = dict(zip(TREE_FORMS, style["tree_forms"].T, strict=True))
+    dubrovnik, osijek, delnice, zagreb, rovinj = range(5)
+    assert (
+        trees["cypress"][dubrovnik] > 0.5 > 0.05 > trees["cypress"][[osijek, delnice, zagreb]].max()
+    )
+    assert trees["poplar"][osijek] > 0.5 > 0.05 > trees["poplar"][[dubrovnik, delnice]].max()
+    assert trees["fir"][delnice] > 0.7
+    assert style["walls"][dubrovnik] > 0.4 > 0.05 > style["walls"][[osijek, zagreb]].max()
+    assert style["kazun"][rovinj] > 0.5 > 0.05 > style["kazun"][[osijek, dubrovnik]].max()
+    stone, gable = style["house_forms"][:, 0], style["house_forms"][:, 1]
+    assert stone[dubrovnik] > 0.8 and gable[zagreb] > 0.8
+    # A wood is as likely everywhere: only what grows in it differs.
+    wood = style["field_kinds"][:, FIELD_KINDS.index("wood")]
+    np.testing.assert_allclose(wood, wood[0], rtol=1e-5)
+    # Nothing about the light or the season is decided by the place.
+    assert not {"sky", "cloudiness", "ground", "tree", "roof", "wall"} & set(scenes)
 
 
-def _colour_features(images: np.ndarray) -> np.ndarray:
-    """4x4 mean colours per view, both raw and as chromaticity (free of the exposure)."""
-    n, views, size = images.shape[:3]
-    cell = size // 4
-    pooled = images.reshape(n, views, 4, cell, 4, cell, 3).mean(axis=(3, 5))
-    chroma = pooled / (pooled.sum(axis=-1, keepdims=True) + 1e-3)
-    return np.concatenate([pooled.reshape(n, -1), chroma.reshape(n, -1)], axis=1)
+def test_locations_are_prefix_stable_and_uuids_versioned(croatia):
+    lat, lon = sample_locations(croatia, 40, seed=2)
+    lat30, lon30 = sample_locations(croatia, 30, seed=2)
+    np.testing.assert_array_equal(lat[:30], lat30)
+    np.testing.assert_array_equal(lon[:30], lon30)
+    assert croatia.contains(lat, lon).all()
+    expected = uuid5(UUID("5f0c8d3e-7a51-4d0b-9a8e-3c2b1f6e4d27"), "synthetic-v2/2/0")
+    assert location_uuids(1, 2) == [str(expected)]
 
 
-def _ridge(train_x, train_y, test_x, alpha: float) -> np.ndarray:
-    mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    a, b = (train_x - mu) / sd, (test_x - mu) / sd
-    offset = train_y.mean(axis=0)
-    weights = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (train_y - offset))
-    return b @ weights + offset
+def test_dataset_key_names_every_setting_and_the_boundary_bytes(tmp_path, croatia):
+    key = dataset_key(croatia, 2000, 0, 128)
+    assert re.fullmatch(r"synthetic-v2-n2000-seed0-128px-[0-9a-f]{12}", key)
+    assert dataset_key(croatia, 2000, 1, 128) == key.replace("seed0", "seed1")
+    # The same bytes under another path: the same key; one changed coordinate: another key.
+    copy = tmp_path / "copy.geojson"
+    shutil.copy(DEFAULT_BOUNDARY, copy)
+    assert dataset_key(Country(boundary=str(copy)), 2000, 0, 128) == key
+    text = DEFAULT_BOUNDARY.read_text()
+    number = list(re.finditer(r"\d+\.\d{3,}", text))[2]  # the second point: not a ring's end
+    digit = str((int(number.group()[-1]) + 1) % 10)
+    changed = tmp_path / "changed.geojson"
+    changed.write_text(text[: number.end() - 1] + digit + text[number.end() :])
+    assert dataset_key(Country(boundary=str(changed)), 2000, 0, 128) != key
+    neighbours = tmp_path / "neighbours.geojson"
+    neighbours.write_bytes(DEFAULT_NEIGHBOURS.read_bytes() + b"\n")
+    assert dataset_key(Country(neighbours=str(neighbours)), 2000, 0, 128) != key
+    with pytest.raises(GeoguessError, match="missing.geojson does not exist"):
+        dataset_key(Country(boundary=str(tmp_path / "missing.geojson")), 2000, 0, 128)
 
 
-def _mean_error_km(croatia, projected, frame) -> float:
-    lat, lon = croatia.projector.inverse(projected[:, 0], projected[:, 1])
-    return float(haversine_km(lat, lon, frame["latitude"], frame["longitude"]).mean())
+def _one_country(tmp_path, iso: str, source=DEFAULT_NEIGHBOURS) -> str:
+    """A GeoJSON of one feature of the shipped multi-country file."""
+    features = json.loads(Path(source).read_text())["features"]
+    chosen = [f for f in features if f["properties"].get("ISO_A3") == iso]
+    path = tmp_path / f"{iso}.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": chosen}))
+    return str(path)
+
+
+def test_another_country_is_refused_without_its_neighbours(tmp_path):
+    slovenia = _one_country(tmp_path, "SVN")
+    # The shipped neighbours lack Austria: Slovenia's north would be drawn as sea.
+    with pytest.raises(SynthesizeError, match="country.neighbours is unset") as error:
+        check_coverage(Country(boundary=slovenia, name="Slovenia"))
+    assert f"within {MARGIN_M / 1000:.0f} km" in str(error.value) and "Slovenia" in str(error.value)
+    with pytest.raises(SynthesizeError, match="country.neighbours"):
+        generate(tmp_path / "out", country=Country(boundary=slovenia, name="Slovenia"), **SMALL)
+    assert not (tmp_path / "out").exists()
+    # A neighbours file without the country itself, or that stops at its border.
+    hungary = _one_country(tmp_path, "HUN")
+    with pytest.raises(SynthesizeError, match="does not contain Croatia"):
+        check_coverage(Country(neighbours=hungary))
+    with pytest.raises(SynthesizeError, match=f"does not reach {MARGIN_M / 1000:.0f} km beyond"):
+        check_coverage(Country(neighbours=_one_country(tmp_path, "HRV")))
+    check_coverage(Country())  # the shipped pair is complete
 
 
 def run_cli(*overrides: str) -> subprocess.CompletedProcess:
@@ -186,6 +255,9 @@ def test_cli_generates_then_refuses_to_overwrite(tmp_path):
     assert f"wrote 12 synthetic locations (48 images of 24x24 px) to {root} in " in result.stdout
     assert len(pd.read_csv(root / "data.csv", index_col=0)) == 12
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+    assert f"wrote {tmp_path / 'run' / 'preview.png'}" in result.stdout
+    with Image.open(tmp_path / "run" / "preview.png") as preview:
+        assert preview.format == "PNG" and preview.width == 150 + 4 * 128
     again = run_cli(f"data.root={root}", *args, f"hydra.run.dir={tmp_path / 'run2'}")
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert f"error: {root} already exists; pass overwrite=true" in again.stderr

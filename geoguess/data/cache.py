@@ -20,9 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from PIL import Image, ImageFile
 
 from geoguess.data.io import HEADINGS, image_paths
 from geoguess.utils.io import write_json_atomic
+from geoguess.utils.processes import pool_context
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +131,8 @@ def decode_all(
     if workers <= 1 or len(paths) < 2 * CHUNKSIZE:
         yield from map(_decode_task, tasks)
         return
-    with _pool_context().Pool(workers) as pool:
+    with pool_context().Pool(workers) as pool:
         yield from pool.imap(_decode_task, tasks, chunksize=CHUNKSIZE)
-
-
-def _pool_context():
-    # fork, like torch's DataLoader on Linux: spawn would re-import the caller's __main__
-    # (torch, lightning, timm: seconds per worker); the workers only run PIL and numpy.
-    if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +405,7 @@ def _run_writes(tasks, path: str, offset: int, image_size: int, workers: int):
         finally:
             _close_output()
         return
-    context = _pool_context()
+    context = pool_context()
     init = (path, offset, image_size)
     with context.Pool(workers, initializer=_open_output, initargs=init) as pool:
         # Unordered: a slow task never holds back the progress of the others.

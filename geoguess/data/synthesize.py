@@ -1,226 +1,24 @@
-"""`python -m geoguess.data.synthesize data.root=OUT data.num_locations=N`: the embedded dataset.
+"""`python -m geoguess.data.synthesize data.root=OUT data.generator.num_locations=N`: the
+embedded dataset.
 
-Street View images are Google's and cannot ship with the project, so `data=synthetic` trains on
-generated locations instead: uniform by area over the country, four rendered views each, in the
-folder format of the real data (`data.csv` + `images/<uuid>/{0,90,180,270}.jpg`). The views
-carry a location signal taken from the real geography (see `synthetic_world`) under enough
-camera and placement noise that the task is not trivial. Same seed, same bytes.
-
-The dataset appears atomically: it is written into a hidden sibling folder and renamed into
-place at the end, so an interrupted run never leaves something that looks complete.
+Generates the synthetic dataset (`geoguess.data.synthetic`, described in docs/synthetic.md) and
+writes a contact sheet of it, `preview.png`, into the run folder.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import shutil
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
 
-from geoguess.errors import GeoguessError
-from geoguess.geo.boundary import Country
+from geoguess.data.synthetic import SynthesizeError, dataset_key, generate
+from geoguess.data.synthetic.generator import as_country
+from geoguess.data.synthetic.preview import write_preview
 from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 
-HEADINGS = (0, 90, 180, 270)
-GENERATOR_VERSION = "synthetic-v1"  # bump when the output of a given seed changes
-UUID_NAMESPACE = uuid.UUID("5f0c8d3e-7a51-4d0b-9a8e-3c2b1f6e4d27")
-CHUNK_SIZE = 25  # locations per pool task
-MIN_IMAGE_SIZE = 16
-JPEG_QUALITY = (85, 90)  # inclusive range, drawn per location
-
-
-class SynthesizeError(GeoguessError, ValueError):
-    """Settings or a target folder the generator cannot work with."""
-
-
-def generate(
-    root: str | Path,
-    num_locations: int = 2000,
-    seed: int = 0,
-    country: Country | None = None,
-    image_size: int = 128,
-    workers: int = 2,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Write a synthetic dataset of `num_locations` locations to `root` and return `root`.
-
-    Deterministic: the same settings give byte-identical files. Refuses to replace an existing,
-    non-empty `root` unless `overwrite`. `country` None means the shipped Croatia.
-    """
-    from geoguess.data.synthetic_world import build_world, scene_parameters  # shapely, pyproj
-
-    root = Path(root).expanduser()
-    num_locations, seed, image_size, workers = _check_settings(
-        num_locations, seed, image_size, workers
-    )
-    _check_target(root, overwrite)
-    country = _as_country(country)
-    lat, lon = sample_locations(country, num_locations, seed)
-    uuids = location_uuids(num_locations, seed)
-    scenes = scene_parameters(build_world(country), lat, lon)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
-        _render_all(partial, uuids, scenes, seed, image_size, workers, progress)
-        _write_csv(partial / "data.csv", uuids, lat, lon)
-        _move_into_place(partial, root, overwrite)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return root
-
-
-def _check_settings(num_locations, seed, image_size, workers) -> tuple[int, int, int, int]:
-    checks = (
-        ("data.num_locations", num_locations, 1),
-        ("data.seed", seed, 0),
-        ("data.synthetic_image_size", image_size, MIN_IMAGE_SIZE),
-        ("workers", workers, 1),
-    )
-    values = []
-    for name, value, minimum in checks:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-            raise SynthesizeError(f"{name}={value!r} must be an integer of at least {minimum}")
-        values.append(int(value))
-    return tuple(values)
-
-
-def _check_target(root: Path, overwrite: bool) -> None:
-    if overwrite or not root.exists():
-        return
-    if not root.is_dir() or any(root.iterdir()):
-        raise SynthesizeError(
-            f"{root} already exists; pass overwrite=true to replace it, or choose another data.root"
-        )
-
-
-def _as_country(country) -> Country:
-    if country is None:
-        return Country()
-    if isinstance(country, Country):
-        return country
-    if isinstance(country, Mapping):  # a config node that was not instantiated
-        return Country(**{k: v for k, v in country.items() if k != "_target_"})
-    raise SynthesizeError(f"country must be a geoguess.geo.Country, not {type(country).__name__}")
-
-
-def sample_locations(country: Country, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` points uniform by area inside the country: drawn in its metric CRS, kept if inside."""
-    rng = np.random.default_rng([seed, 0])
-    x0, y0, x1, y1 = country.projected_geometry.bounds
-    lats, lons, found = [], [], 0
-    while found < n:
-        batch = 4 * (n - found) + 256  # Croatia fills about a quarter of its bounding box
-        lat, lon = country.projector.inverse(rng.uniform(x0, x1, batch), rng.uniform(y0, y1, batch))
-        inside = country.contains(lat, lon)
-        lats.append(lat[inside])
-        lons.append(lon[inside])
-        found += int(inside.sum())
-    return np.concatenate(lats)[:n], np.concatenate(lons)[:n]
-
-
-def dataset_key(country: Country, num_locations: int, seed: int, image_size: int) -> str:
-    """The cache folder name of a generated set: generator version, settings and the country
-    (its outline's fingerprint), so that no set is reused for another country or generator."""
-    return (
-        f"{GENERATOR_VERSION}-n{num_locations}-seed{seed}-{image_size}px-{country.fingerprint[:12]}"
-    )
-
-
-def location_uuids(n: int, seed: int) -> list[str]:
-    return [str(uuid.uuid5(UUID_NAMESPACE, f"{GENERATOR_VERSION}/{seed}/{i}")) for i in range(n)]
-
-
-def _render_all(partial: Path, uuids, scenes, seed, image_size, workers, progress) -> None:
-    images = partial / "images"
-    images.mkdir()
-    tasks = [
-        (images, seed, image_size, start, uuids[start : start + CHUNK_SIZE],
-         {key: value[start : start + CHUNK_SIZE] for key, value in scenes.items()})
-        for start in range(0, len(uuids), CHUNK_SIZE)
-    ]  # fmt: skip
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=len(uuids),
-        desc="rendering synthetic locations",
-        unit="loc",
-        disable=None if progress else True,
-    )
-    with bar:
-        if workers == 1 or len(tasks) == 1:
-            for task in tasks:
-                bar.update(_render_chunk(task))
-            return
-        with _pool_context().Pool(min(workers, len(tasks))) as pool:
-            for done in pool.imap_unordered(_render_chunk, tasks):
-                bar.update(done)
-
-
-def _pool_context():
-    # Fork starts workers instantly and shares the loaded modules; spawn where there is no fork.
-    if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def _render_chunk(task) -> int:
-    """Render and write one chunk of locations; each has its own RNG, so chunking is invisible."""
-    from PIL import Image
-
-    from geoguess.data.synthetic_render import render_views
-
-    images, seed, image_size, start, uuids, scenes = task
-    for offset, name in enumerate(uuids):
-        rng = np.random.default_rng([seed, 1, start + offset])
-        views = render_views({key: value[offset] for key, value in scenes.items()}, image_size, rng)
-        quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
-        folder = images / name
-        folder.mkdir()
-        for heading, view in zip(HEADINGS, views, strict=True):
-            Image.fromarray(view).save(folder / f"{heading}.jpg", format="JPEG", quality=quality)
-    return len(uuids)
-
-
-def _write_csv(path: Path, uuids, lat, lon) -> None:
-    """The competition's layout: a leading unnamed index column. repr() round-trips floats."""
-    rows = enumerate(zip(uuids, lat, lon, strict=True))
-    lines = [",uuid,latitude,longitude"]
-    lines += [f"{i},{u},{float(la)!r},{float(lo)!r}" for i, (u, la, lo) in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _move_into_place(partial: Path, root: Path, overwrite: bool) -> None:
-    if overwrite and root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-        os.replace(root, old / root.name)
-        try:
-            os.rename(partial, root)
-        except OSError:
-            os.replace(old / root.name, root)  # put the previous dataset back
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-        return
-    try:
-        os.rename(partial, root)  # onto a missing or empty folder only
-    except OSError as exc:
-        raise SynthesizeError(
-            f"{root} appeared while generating ({exc.strerror}); it was not replaced"
-        ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
+__all__ = ["SynthesizeError", "dataset_key", "generate", "main"]
 
 
 # The config folder is relative to this module, one level deeper than the other CLIs.
@@ -230,28 +28,29 @@ def main(cfg: DictConfig) -> Path:
     from geoguess import runs
 
     runs.claim(cfg)
-    data = cfg.data
-    root = data.root
+    root = cfg.data.root
     if root is None:
         raise SynthesizeError("give the folder to generate into: data.root=PATH")
     if not isinstance(root, str):
         raise SynthesizeError(f"data.root must be one folder to generate into, not {list(root)}")
+    country = as_country(instantiate(cfg.country))
+    generator = cfg.data.generator
     start = time.perf_counter()
-    generator = data.generator
     out = generate(
         root,
         num_locations=generator.num_locations,
         seed=generator.seed,
-        country=instantiate(cfg.country),
+        country=country,
         image_size=generator.image_size,
-        workers=max(1, int(data.get("num_workers", 2))),
+        workers=max(1, int(cfg.data.get("num_workers", 2))),
         overwrite=bool(cfg.overwrite),
     )
-    size = generator.image_size
+    size, count = generator.image_size, generator.num_locations
     print(
-        f"wrote {generator.num_locations} synthetic locations ({4 * generator.num_locations} images of "
-        f"{size}x{size} px) to {out} in {time.perf_counter() - start:.1f} s"
+        f"wrote {count} synthetic locations ({4 * count} images of {size}x{size} px) to {out} "
+        f"in {time.perf_counter() - start:.1f} s"
     )
+    print(f"wrote {write_preview(out, runs.run_dir() / 'preview.png', country)}")
     return out
 
 

@@ -30,7 +30,7 @@ def cache_dir() -> Path:
 
 
 def synthetic_root(country: Country, num_locations: int, seed: int, image_size: int) -> Path:
-    from geoguess.data.synthesize import dataset_key
+    from geoguess.data.synthetic import dataset_key
 
     return cache_dir() / dataset_key(country, num_locations, seed, image_size)
 
@@ -57,7 +57,7 @@ def resolve_synthetic(
     num_locations, seed, size = (int(generator[k]) for k in ("num_locations", "seed", "image_size"))
     root = synthetic_root(country, num_locations, seed, size)
     if not (root / CSV_NAME).is_file():
-        from geoguess.data.synthesize import generate
+        from geoguess.data.synthetic import generate
 
         log.info("generating a synthetic dataset of %d locations in %s", num_locations, root)
         generate(

@@ -17,9 +17,21 @@ class OutputExistsError(GeoguessError, FileExistsError):
 
 def _file_mode() -> int:
     """What `open()` would give a new file: 0o666 less the process umask (usually 0o644)."""
+    return 0o666 & ~_umask()
+
+
+def make_temp_dir(folder: str | Path, name: str, suffix: str) -> Path:
+    """A hidden working folder beside `name` in `folder`, with the usual folder mode (0o755 less
+    the umask) rather than mkdtemp's 0o700, so that renaming it into place publishes it as-is."""
+    path = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=folder))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def make_temp_file(folder: str | Path, name: str, suffix: str = ".tmp") -> Path:

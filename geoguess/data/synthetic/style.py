@@ -1,0 +1,110 @@
+"""Croatia's landscapes as the renderer draws them: what grows, what is built, by zone.
+
+Each location belongs to one zone, drawn per location from the zone weights that its position
+gives (`world.zones`; they blend near a zone's border). The zone decides the shares of tree
+forms, field kinds and house forms, and how often dry-stone walls, wooden fences and the
+zone's landmarks line the road; the renderer then draws every tree, field and house from those
+shares, so no single object decides the zone, and no zone decides a colour. Numpy only: the
+render workers import it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TREE_FORMS = ("cypress", "pine", "olive", "fir", "deciduous", "poplar")
+FIELD_KINDS = ("meadow", "maize", "vineyard", "olive_grove", "karst", "wood", "ploughed")
+HOUSE_FORMS = ("stone", "gable", "alpine", "long")
+ZONES = (
+    "istria", "kvarner", "north_dalmatia", "central_dalmatia", "south_dalmatia", "zagora",
+    "lika", "gorski_kotar", "northwest", "central", "podravina", "west_slavonia",
+    "east_slavonia",
+)  # fmt: skip
+# A wood and a ploughed field are equally likely everywhere (what differs is what grows there),
+# so that the amount of woodland says nothing; the rest is the zone's crops and pastures.
+WOOD_SHARE, PLOUGHED_SHARE = 0.25, 0.15
+
+# Rows: ZONES. Tree forms in the order of TREE_FORMS.
+ZONE_TREES = np.array(
+    [
+        [0.05, 0.35, 0.20, 0.00, 0.40, 0.00],
+        [0.05, 0.55, 0.10, 0.00, 0.30, 0.00],
+        [0.15, 0.20, 0.55, 0.00, 0.10, 0.00],
+        [0.35, 0.45, 0.20, 0.00, 0.00, 0.00],
+        [0.70, 0.15, 0.15, 0.00, 0.00, 0.00],
+        [0.10, 0.15, 0.10, 0.05, 0.60, 0.00],
+        [0.00, 0.05, 0.00, 0.55, 0.40, 0.00],
+        [0.00, 0.00, 0.00, 0.85, 0.15, 0.00],
+        [0.00, 0.00, 0.00, 0.10, 0.85, 0.05],
+        [0.00, 0.00, 0.00, 0.10, 0.75, 0.15],
+        [0.00, 0.00, 0.00, 0.00, 0.45, 0.55],
+        [0.00, 0.00, 0.00, 0.05, 0.75, 0.20],
+        [0.00, 0.00, 0.00, 0.00, 0.25, 0.75],
+    ]
+)
+# Crops and pastures: meadow, maize, vineyard, olive grove, stony pasture (FIELD_KINDS[:5]).
+ZONE_CROPS = np.array(
+    [
+        [0.15, 0.05, 0.45, 0.20, 0.15],
+        [0.20, 0.00, 0.10, 0.15, 0.55],
+        [0.05, 0.00, 0.20, 0.50, 0.25],
+        [0.05, 0.00, 0.30, 0.35, 0.30],
+        [0.05, 0.00, 0.35, 0.40, 0.20],
+        [0.25, 0.05, 0.10, 0.05, 0.55],
+        [0.75, 0.05, 0.00, 0.00, 0.20],
+        [0.90, 0.00, 0.00, 0.00, 0.10],
+        [0.35, 0.20, 0.45, 0.00, 0.00],
+        [0.70, 0.25, 0.05, 0.00, 0.00],
+        [0.35, 0.55, 0.10, 0.00, 0.00],
+        [0.30, 0.35, 0.35, 0.00, 0.00],
+        [0.05, 0.85, 0.10, 0.00, 0.00],
+    ]
+)
+# House forms: stone with a low tiled roof, plastered gable, alpine, Slavonian long house.
+ZONE_HOUSES = np.array(
+    [
+        [0.85, 0.15, 0.00, 0.00],
+        [0.80, 0.20, 0.00, 0.00],
+        [0.85, 0.15, 0.00, 0.00],
+        [0.90, 0.10, 0.00, 0.00],
+        [0.90, 0.10, 0.00, 0.00],
+        [0.45, 0.55, 0.00, 0.00],
+        [0.05, 0.45, 0.50, 0.00],
+        [0.00, 0.25, 0.75, 0.00],
+        [0.00, 0.95, 0.05, 0.00],
+        [0.00, 0.90, 0.00, 0.10],
+        [0.00, 0.60, 0.00, 0.40],
+        [0.00, 0.50, 0.00, 0.50],
+        [0.00, 0.15, 0.00, 0.85],
+    ]
+)
+# Per zone: the chance of a dry-stone wall along a side of the road, of a wooden fence (where
+# there is no wall: a side of the road is rarely bare anywhere), of the zone's landmarks (a
+# kazun, the round stone hut of Istria; haystacks in the mountain meadows), and how bare and
+# rocky the karst is.
+ZONE_EXTRAS = {
+    "walls": np.array([0.6, 0.8, 0.85, 0.6, 0.5, 0.8, 0.35, 0.05, 0, 0, 0, 0, 0]),
+    "fences": np.array([0.1, 0.05, 0.05, 0.1, 0.1, 0.1, 0.45, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6]),
+    "kazun": np.array([0.6, 0.05, 0.1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    "haystacks": np.array([0, 0, 0, 0, 0, 0.05, 0.6, 0.3, 0.05, 0.15, 0.05, 0, 0]),
+    "rock": np.array([0.3, 0.8, 0.6, 0.7, 0.5, 0.7, 0.4, 0, 0, 0, 0, 0, 0]),
+}
+
+
+def zone_style(zone: int) -> dict[str, np.ndarray | float]:
+    """The shares and chances of one zone (an index into `ZONES`)."""
+    fields = np.append(
+        (1 - WOOD_SHARE - PLOUGHED_SHARE) * ZONE_CROPS[zone], [WOOD_SHARE, PLOUGHED_SHARE]
+    )
+    style = {
+        "tree_forms": ZONE_TREES[zone],
+        "field_kinds": fields,
+        "house_forms": ZONE_HOUSES[zone],
+    }
+    return style | {key: float(table[zone]) for key, table in ZONE_EXTRAS.items()}
+
+
+def expected_style(zone_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per location (rows of `zone_weights`), the shares averaged over its possible zones."""
+    styles = [zone_style(zone) for zone in range(len(ZONES))]
+    return {key: zone_weights @ np.array([s[key] for s in styles]) for key in styles[0]}
