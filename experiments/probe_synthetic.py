@@ -3,7 +3,8 @@
 .venv/bin/python experiments/probe_synthetic.py DATA_ROOT [--run RUN_DIR] [--json OUT.json]
 
 Prints the mean-location baseline, the pixel-statistics probe (ridge regression on per-view
-band colour statistics) and the sky-pixel R² (see geoguess/data/synthetic/probe.py). The split
+band colour statistics), the sky-pixel R² and the zone oracle (see
+geoguess/data/synthetic/probe.py). The split
 is the data module's default hash split (train 0.8 / val 0.1 / test 0.1, by uuid): the probe fits
 on "train" and is scored on "test", like `python -m geoguess.train`. With --run, the run's
 results.json (a training run on the same data.root) is printed beside it.
@@ -15,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from geoguess.data.synthetic.probe import probe_dataset
+from geoguess.data.synthetic.probe import probe_dataset, zone_oracle_km
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"mean baseline       {figures['baseline_km']:.1f} km")
     print(f"pixel probe         {figures['probe_km']:.1f} km ({figures['ratio']:.2f}x baseline)")
     print(f"sky-pixel R²        {figures['sky_r2']:.3f}")
+    figures["zone_oracle_km"] = zone_oracle_km(args.root)
+    print(f"zone oracle         {figures['zone_oracle_km']:.1f} km (knows the landscape zone)")
     if args.run:
         results = json.loads((Path(args.run) / "results.json").read_text())
         model = results["test_haversine_km"]

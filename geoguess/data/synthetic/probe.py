@@ -201,3 +201,30 @@ def _resize(views: np.ndarray, size: int) -> np.ndarray:
         np.asarray(Image.fromarray(v).resize((size, size), Image.Resampling.BILINEAR)) for v in flat
     ]
     return np.asarray(out).reshape(*views.shape[:2], size, size, 3)
+
+
+def zone_oracle_km(
+    root: str | Path, country: Country | None = None, split: Sequence[float] = (0.8, 0.1, 0.1)
+) -> float:
+    """Mean test error (km) of an oracle that knows each location's likeliest landscape zone and
+    guesses the training locations' mean position in that zone: how much location the zone
+    cues carry, whatever model reads them (a ceiling for zone recognition alone, not for the
+    sea and relief cues)."""
+    import pandas as pd
+
+    from geoguess.data.split import split_by_hash
+    from geoguess.data.synthetic.world import build_world, scene_parameters
+
+    country = country or Country()
+    frame = pd.read_csv(Path(root) / "data.csv", index_col=0)
+    lat, lon = frame["latitude"].to_numpy(float), frame["longitude"].to_numpy(float)
+    labels = split_by_hash(frame["uuid"].astype(str).tolist(), split)
+    train, test = labels == "train", labels == "test"
+    zone = scene_parameters(build_world(country), lat, lon)["zones"].argmax(axis=1)
+    x, y = country.projector.forward(lat, lon)
+    guess_x, guess_y = np.full(len(x), x[train].mean()), np.full(len(y), y[train].mean())
+    for value in np.unique(zone[train]):
+        known = train & (zone == value)
+        guess_x[zone == value], guess_y[zone == value] = x[known].mean(), y[known].mean()
+    guess_lat, guess_lon = country.projector.inverse(guess_x, guess_y)
+    return float(haversine_km(guess_lat, guess_lon, lat, lon)[test].mean())
