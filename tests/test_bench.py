@@ -47,7 +47,21 @@ def test_quick_bench_writes_every_key(quick_run):
                 "build_cpu_ms_per_location",
             )
         ]
-    expected += ["loader.cold.random_samples_per_s", "loader.cold.block_samples_per_s"]
+    expected += [
+        f"loader.cold.{k}"
+        for k in (
+            "random_samples_per_s",
+            "block_samples_per_s",
+            "ratio",
+            "memory_budget_mb",
+            "in_memory_random_samples_per_s",
+            "in_memory_block_samples_per_s",
+            "in_memory_ratio",
+            "disk.random_row_gb_per_s",
+            "disk.sequential_row_gb_per_s",
+            "disk.sequential_vs_random",
+        )
+    ]
     expected += ["train_step.tiny.32.samples_per_s", "metric.haversine_pairs_per_s"]
     expected += [f"feature_cache.{k}" for k in ("speedup", "epoch_seconds_with", "val_km_with")]
     expected += [f"metric.max_rel_error_vs_geod.{k}" for k in ("float32", "bf16_autocast")]
@@ -76,6 +90,11 @@ def test_quick_bench_figures_are_consistent(quick_run):
         assert cache["ratio"] == pytest.approx(
             cache["build_locations_per_s"] / cache["naive_locations_per_s"]
         )
+    cold = result["loader"]["cold"]
+    assert cold["ratio"] == pytest.approx(
+        cold["block_samples_per_s"] / cold["random_samples_per_s"]
+    )
+    assert cold["memory_budget_mb"] == pytest.approx(0.5 * (128 + 64 * 4 * 3 * 32 * 32) / 1e6)
     # Disk of the cache at n locations is exact: n rows of 4 x 3 x S x S bytes.
     assert result["extrapolated"]["16000"]["cache_32_disk_gb"] == pytest.approx(
         16000 * 4 * 3 * 32 * 32 / 1e9
@@ -102,3 +121,56 @@ def test_flatten_and_table():
     assert benchmarks.flatten(tree) == {"a.b": 1.5, "a.c.d": 2, "e": None}
     assert benchmarks.finite_numbers({"x": 0.0, "y": float("nan"), "z": 3}) == ["x", "y"]
     assert "a.c.d  2" in benchmarks.table(tree)
+
+
+class _MappedFile:
+    """What `PageCacheBudget` needs of a dataset: the cache's path and the memory map."""
+
+    def __init__(self, path):
+        self.cache = type("Cache", (), {"data_path": path})()
+        self._memmap = np.load(path, mmap_mode="r")
+
+
+def _read_all(dataset: _MappedFile) -> int:
+    """Bytes that reading the whole file through its memory map brought from disk."""
+    before = benchmarks.process_read_bytes()
+    if dataset._memmap is None:
+        dataset._memmap = np.load(dataset.cache.data_path, mmap_mode="r")
+    np.asarray(dataset._memmap).sum()
+    return benchmarks.process_read_bytes() - before
+
+
+def test_page_cache_budget_evicts_when_the_budget_has_been_read(tmp_path):
+    path = tmp_path / "cache.npy"
+    np.save(path, np.arange(4 << 20, dtype=np.uint8).reshape(64, -1))  # 4 MiB
+    size = path.stat().st_size
+    benchmarks.evict(path)
+    dataset = _MappedFile(path)
+    if _read_all(dataset) < size // 2:
+        pytest.skip("no I/O accounting here (no /proc/self/io, or the file is in memory)")
+    roomy = benchmarks.PageCacheBudget(dataset, 10 * size)
+    roomy.after_batch()
+    assert roomy.evictions == 0 and dataset._memmap is not None
+    assert _read_all(dataset) == 0  # still cached
+    tight = benchmarks.PageCacheBudget(dataset, size // 2)
+    tight.after_batch()  # nothing read since it started
+    assert tight.evictions == 0 and _read_all(dataset) == 0
+    dataset._memmap = None
+    benchmarks.evict(path)
+    assert _read_all(dataset) >= size // 2  # more than the budget came from disk
+    tight.after_batch()
+    assert tight.evictions == 1 and dataset._memmap is None
+    # Evicted for real: reading it again comes from disk.
+    assert _read_all(dataset) >= size - 4096
+
+
+def test_disk_row_reads_reports_both_orders(tmp_path):
+    path = tmp_path / "rows.bin"
+    row_bytes, rows = 3 * 4096 + 100, 40  # rows that do not start on a 4 KiB boundary
+    path.write_bytes(bytes(64) + np.random.default_rng(0).bytes(rows * row_bytes))
+    disk = benchmarks.disk_row_reads(path, 64, row_bytes, rows, repeats=2)
+    assert disk["random_row_gb_per_s"] > 0 and disk["sequential_row_gb_per_s"] > 0
+    assert disk["sequential_vs_random"] == pytest.approx(
+        disk["sequential_row_gb_per_s"] / disk["random_row_gb_per_s"]
+    )
+    assert disk["reads"] in ("O_DIRECT", "buffered, evicted, POSIX_FADV_RANDOM")
