@@ -80,10 +80,11 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
     if search or len(lines) > MAX_LINES:
         for metric, marker, face in ((VAL, "o", "C0"), (TEST, "s", "none")):
             x = [positions[v] for v in table[setting]]
+            std = _std(table, metric)
             ax.errorbar(
                 x,
                 table[metric],
-                yerr=_std(table, metric),
+                yerr=std if std.any() else None,  # one trial each: no bars, no caps
                 fmt=marker,
                 color="C0",
                 markerfacecolor=face,

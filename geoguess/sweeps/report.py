@@ -321,10 +321,12 @@ def read_trials(study: Study) -> pd.DataFrame | None:
         return None
     import logging
 
+    # Before the import: importing alembic (through optuna's storage) logs seven "setup
+    # plugin" lines at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         loaded = optuna.load_study(study_name=study.name, storage=f"sqlite:///{study.database}")
     except Exception:  # noqa: BLE001 - e.g. no such study in that file
