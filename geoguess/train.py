@@ -155,10 +155,13 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
             ckpt_path=str(resume) if resume is not None else None,
             weights_only=True,
         )
+        # Read now: loading the best checkpoint below sets the Timer's offset to the time
+        # stored in it, which time_elapsed would then add to this run's whole time again.
+        train_seconds = _train_seconds(callbacks)
         best = _best_checkpoint(callbacks)
         fit_inference_extras(model, datamodule, trainer, best)
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-        results = _results(cfg, model, trainer, datamodule, callbacks, best)
+        results = _results(cfg, model, trainer, datamodule, callbacks, best, train_seconds)
         if trainer.is_global_zero:
             grid = datamodule.fitted.grid if model.head.num_classes is not None else None
             maps = results_mod.write_outputs(out, results, model.test_predictions, country, grid)
@@ -464,8 +467,18 @@ def plain_config(cfg) -> dict:
 # -- results ------------------------------------------------------------------------------------
 
 
-def _results(cfg, model, trainer, datamodule, callbacks: list, best: str | None) -> dict:
-    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+def _train_seconds(callbacks: list) -> float:
+    """Training time so far (a resumed run's included), from the Timer callback."""
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    return timer.time_elapsed("train") if timer is not None else 0.0
+
+
+def _results(
+    cfg, model, trainer, datamodule, callbacks: list, best: str | None, train_seconds: float
+) -> dict:
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from geoguess import metrics
     from geoguess import results as results_mod
@@ -488,7 +501,6 @@ def _results(cfg, model, trainer, datamodule, callbacks: list, best: str | None)
         (c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == MONITOR), None
     )
     score = checkpoint.best_model_score if checkpoint is not None else None
-    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
     return results_mod.completed(
         val_km=float(score) if score is not None else None,
         test=model.test_metrics,
@@ -497,7 +509,7 @@ def _results(cfg, model, trainer, datamodule, callbacks: list, best: str | None)
         num_classes=model.head.num_classes,
         best_checkpoint=str(Path(best).resolve()) if best else None,
         epochs=int(trainer.current_epoch),
-        train_seconds=timer.time_elapsed("train") if timer is not None else 0.0,
+        train_seconds=train_seconds,
         dataset=datamodule.fitted.info.get("dataset_key"),
         seed=int(cfg.seed),
     )

@@ -137,6 +137,30 @@ def test_seeds_are_aggregated_sorted_by_validation_km(spacing_sweep: Path):
     assert set(table["grid.spacing"]) == {"0.5", "0.8"}
 
 
+def test_settings_that_changed_nothing_are_named(spacing_sweep: Path, tmp_path: Path):
+    # The spacing sweep's rows all differ: no note.
+    assert "No effect" not in markdown(build_report([spacing_sweep]))
+    # head=regression ignores grid.spacing: its jobs give the same km seed by seed.
+    sweep = tmp_path / "regression"
+    km = {("0.5", "1"): 80.5, ("0.5", "2"): 84.25, ("0.8", "1"): 80.5, ("0.8", "2"): 84.25}
+    for num, ((spacing, seed), val) in enumerate(km.items()):
+        overrides = [f"grid.spacing={spacing}", "head=regression", f"seed={seed}"]
+        fake_job(sweep / str(num), overrides, ok_results(val, val + 3))
+    # Same mean and std as spacing 0.5, but not job by job: a coincidence of the aggregate.
+    for num, (seed, val) in enumerate((("1", 84.25), ("2", 80.5)), start=4):
+        overrides = ["grid.spacing=0.3", "head=regression", f"seed={seed}"]
+        fake_job(sweep / str(num), overrides, ok_results(val, val + 3))
+
+    text = markdown(build_report([sweep]))
+
+    note = (
+        "- No effect: grid.spacing=0.5 / grid.spacing=0.8 gave identical validation and test "
+        "km, seed by seed (jobs 0, 1 = 2, 3)."
+    )
+    assert note in text, text
+    assert text.count("No effect") == 1
+
+
 def test_datasets_are_never_mixed(spacing_sweep: Path, tmp_path: Path):
     other = tmp_path / "other"
     # No "dataset" in results.json (before it was written): fitted.json's key identifies it.

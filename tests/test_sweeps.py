@@ -291,6 +291,41 @@ def test_joblib_multirun_runs_two_jobs_in_parallel_workers_then_the_report(data_
     assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
 
 
+def test_parallel_jobs_on_a_fresh_cache_share_the_set_the_first_one_generated(
+    tmp_path, monkeypatch
+):
+    """Two joblib jobs of `data=synthetic` on an empty cache both generate the set; the one
+    that finishes second must use the first one's set, not fail on the rename."""
+    import shutil
+
+    from geoguess.data import synthetic_source
+    from geoguess.data.synthetic import generator
+    from geoguess.geo import Country
+
+    monkeypatch.setenv(synthetic_source.CACHE_ENV, str(tmp_path / "cache"))
+    settings = {"num_locations": 3, "seed": 0, "image_size": 16}
+    root = synthetic_source.synthetic_root(Country(), 3, 0, 16)
+    real_write_csv = generator._write_csv
+
+    def write_csv_then_lose_the_race(path, *args):
+        real_write_csv(path, *args)
+        shutil.copytree(path.parent, root)  # the other job's identical set lands first
+
+    monkeypatch.setattr(generator, "_write_csv", write_csv_then_lose_the_race)
+    got = synthetic_source.resolve_synthetic(None, Country(), settings, workers=1, progress=False)
+    assert got == root
+    assert len((root / "data.csv").read_text().splitlines()) == 1 + 3
+    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no partial folder left
+
+    # A folder that appeared without a dataset in it is still an error.
+    shutil.rmtree(root)
+    monkeypatch.setattr(
+        generator, "_write_csv", lambda path, *args: (root / "stray").mkdir(parents=True)
+    )
+    with pytest.raises(generator.SynthesizeError, match="appeared while generating"):
+        synthetic_source.resolve_synthetic(None, Country(), settings, workers=1, progress=False)
+
+
 # -- submitit -----------------------------------------------------------------------------------
 
 

@@ -387,6 +387,22 @@ def test_checkpoints_from_other_settings_and_damaged_ones_are_clear_errors(data_
         run_training([*base, f"ckpt_path={damaged}"], tmp_path / "c")
 
 
+def test_train_seconds_count_the_training_once(data_root, tmp_path):
+    """Testing the best checkpoint loads its Timer state; its time must not be added again."""
+    base = [*FAST, *folder_data(data_root), "trainer.max_epochs=3", "trainer.limit_train_batches=6"]
+    results = run_training(base, tmp_path / "run")
+
+    def timer_seconds(path) -> float:
+        state = torch.load(path, map_location="cpu", weights_only=False)["callbacks"]["Timer"]
+        return state["time_elapsed"]["train"]
+
+    last = timer_seconds(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    best = timer_seconds(results["best_checkpoint"])
+    # The time at the last epoch's checkpoint plus the end of fit (results.json rounds to ms);
+    # counting the best checkpoint's time twice would give at least last + best.
+    assert last - 0.001 <= results["train_seconds"] < last + best
+
+
 def test_a_resume_into_a_new_folder_keeps_the_checkpoints_fit(data_root, tmp_path):
     base = [*FAST, *folder_data(data_root), "data.split_by=hash", "trainer.max_epochs=1"]
     source = tmp_path / "source"

@@ -57,16 +57,23 @@ def resolve_synthetic(
     num_locations, seed, size = (int(generator[k]) for k in ("num_locations", "seed", "image_size"))
     root = synthetic_root(country, num_locations, seed, size)
     if not (root / CSV_NAME).is_file():
-        from geoguess.data.synthetic import generate
+        from geoguess.data.synthetic import SynthesizeError, generate
 
         log.info("generating a synthetic dataset of %d locations in %s", num_locations, root)
-        generate(
-            root,
-            num_locations=num_locations,
-            seed=seed,
-            country=country,
-            image_size=size,
-            workers=max(1, int(workers)),
-            progress=progress,
-        )
+        try:
+            generate(
+                root,
+                num_locations=num_locations,
+                seed=seed,
+                country=country,
+                image_size=size,
+                workers=max(1, int(workers)),
+                progress=progress,
+            )
+        except SynthesizeError:
+            # Parallel sweep jobs on a fresh cache generate the same set at once; the first
+            # to finish renames it into place. Same settings, same bytes: use that one.
+            if not (root / CSV_NAME).is_file():
+                raise
+            log.info("%s was generated meanwhile by another process; using it", root)
     return root

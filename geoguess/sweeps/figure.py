@@ -80,10 +80,11 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
     if search or len(lines) > MAX_LINES:
         for metric, marker, face in ((VAL, "o", "C0"), (TEST, "s", "none")):
             x = [positions[v] for v in table[setting]]
+            std = _std(table, metric)
             ax.errorbar(
                 x,
                 table[metric],
-                yerr=_std(table, metric),
+                yerr=std if std.any() else None,  # one trial each: no bars, no caps
                 fmt=marker,
                 color="C0",
                 markerfacecolor=face,
@@ -91,7 +92,7 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
                 alpha=0.8,
                 linestyle="none",
             )
-        handles = _style_handles(lines=False)
+        handles = _style_handles(_seeds(table), lines=False)
     else:
         handles = []
         # Lines (and their validation/test points) side by side, not hiding each other's bars.
@@ -105,7 +106,7 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
                 values = key if isinstance(key, tuple) else (key,)
                 label = ", ".join(f"{k}={v}" for k, v in zip(others, values, strict=True))
                 handles.append(Line2D([], [], color=color, marker="o", label=label))
-        handles += _style_handles()
+        handles += _style_handles(_seeds(table))
     if numeric:
         values = sorted(positions.values())
         if values[0] > 0 and values[-1] / values[0] >= 20:
@@ -119,7 +120,8 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
     ax.set_ylabel("mean error (km)")
     ax.set_title(f"{title}km against {setting}")
     ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    # Below the panel: inside, "best" still lands on lines when they fill the panel's height.
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
 
 def _positions(values: pd.Series) -> tuple[dict[str, float], list[str], bool]:
@@ -175,10 +177,17 @@ def _errorbar(ax, x, rows: pd.DataFrame, color: str, step: float = 0.0) -> None:
         )
 
 
-def _style_handles(lines: bool = True) -> list[Line2D]:
+def _seeds(table: pd.DataFrame) -> str:
+    """How many seeds a point is the mean of: "2 seeds", or "1-3 seeds" when it varies."""
+    low, high = int(table["n"].min()), int(table["n"].max())
+    return f"{low} seed{'s' * (high > 1)}" if low == high else f"{low}-{high} seeds"
+
+
+def _style_handles(seeds: str, lines: bool = True) -> list[Line2D]:
     """Legend entries for the two metrics' marker and line styles."""
     solid, dashed = ("-", "--") if lines else ("none", "none")
-    val = "validation (bars: std over seeds)"
+    one = seeds == "1 seed"
+    val = "validation (one seed)" if one else f"validation (mean, bars: std over {seeds})"
     return [
         Line2D([], [], color="gray", marker="o", linestyle=solid, label=val),
         Line2D(

@@ -38,6 +38,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 PERCENT = {"test_acc_25km"}
 SORT_KEY = "val_haversine_km"
+TEST_KEY = "test_haversine_km"
 
 
 @dataclass
@@ -320,10 +321,12 @@ def read_trials(study: Study) -> pd.DataFrame | None:
         return None
     import logging
 
+    # Before the import: importing alembic (through optuna's storage) logs seven "setup
+    # plugin" lines at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         loaded = optuna.load_study(study_name=study.name, storage=f"sqlite:///{study.database}")
     except Exception:  # noqa: BLE001 - e.g. no such study in that file
@@ -378,6 +381,8 @@ def markdown(report: Report, picture: str | None = "report.png") -> str:
     for group in report.groups:
         lines += ["", f"## Dataset {group.label}: {len(group.jobs)} jobs", ""]
         lines.append(markdown_table(*table_cells(group)))
+        notes = no_effect_notes(group)
+        lines += ["", *(f"- {note}" for note in notes)] if notes else []
     failed = [job for job in jobs if job.status != OK]
     if failed:
         lines += ["", f"## Failed or unfinished jobs ({len(failed)})", ""]
@@ -415,6 +420,40 @@ def table_cells(group: Group) -> tuple[list[str], list[list[str]]]:
             cells.append(_cell(row[key], row[f"{key}_std"], fmt))
         rows.append([*cells, row["jobs"]])
     return header, rows
+
+
+def no_effect_notes(group: Group) -> list[str]:
+    """Rows whose jobs gave identical validation and test km, seed by seed: the settings that
+    differ between those rows changed nothing (e.g. `grid.spacing` under `head=regression`).
+    Training is deterministic per seed, so equal floats mean the same run, not a coincidence."""
+    settings = [key for key in group.swept if key != SEED]
+    rows: dict[tuple, list[Job]] = {}
+    for job in group.jobs:
+        rows.setdefault(tuple(job.overrides.get(key, "") for key in settings), []).append(job)
+    same: dict[tuple, list[tuple]] = {}
+    for setting, jobs in rows.items():
+        outcome = sorted(
+            (job.overrides.get(SEED, ""), job.results.get(SORT_KEY), job.results.get(TEST_KEY))
+            for job in jobs
+        )
+        if all(_is_number(v) and _is_number(t) for _, v, t in outcome):
+            same.setdefault(tuple(outcome), []).append(setting)
+    notes = []
+    for identical in (found for found in same.values() if len(found) > 1):
+        differ = [i for i, key in enumerate(settings) if len({s[i] for s in identical}) > 1]
+        shared = [i for i in range(len(settings)) if i not in differ]
+        values = " / ".join(
+            ", ".join(f"{settings[i]}={_short(setting[i])}" for i in differ)
+            for setting in identical
+        )
+        where = ", ".join(f"{settings[i]}={_short(identical[0][i])}" for i in shared)
+        jobs = " = ".join(", ".join(job.name for job in rows[setting]) for setting in identical)
+        notes.append(
+            f"No effect: {values}"
+            + (f" (with {where})" if where else "")
+            + f" gave identical validation and test km, seed by seed (jobs {jobs})."
+        )
+    return notes
 
 
 def _cell(mean: float, std: float, fmt: str) -> str:
