@@ -666,3 +666,29 @@ def test_confidence_radius_holds_the_mass_and_calibrates_to_its_quantile(fitted)
     scale = radius_scale(errors, raw)
     for i, q in enumerate((0.5, 0.9)):
         assert np.mean(errors <= raw[:, i] * scale[i]) == pytest.approx(q, abs=0.002)
+
+
+def test_mirror_tta_applies_at_test_not_in_the_epochs_validation(fitted, monkeypatch):
+    """The mirrored pass costs a second backbone pass: validation (checkpoint choice) skips it,
+    the test and the calibration pass (`guess` called directly) use it."""
+    import geoguess.models.module as module_mod
+
+    module = _module(fitted, tta="mirror").eval()
+    module.log = lambda *a, **k: None  # no Trainer attached
+    mirrored = []
+    real_mirror = module_mod.mirror_views
+    monkeypatch.setattr(
+        module_mod, "mirror_views", lambda images: mirrored.append(1) or real_mirror(images)
+    )
+    batch = batch_of(fitted)
+    with torch.no_grad():
+        module._outputs["val"], module._outputs["test"] = [], []
+        module.validation_step(batch, 0)
+        assert mirrored == []
+        module.test_step(batch, 0)
+        assert mirrored == [1]
+        plain = module.guess(batch["images"], tta=False)["xy"]
+        both = module.guess(batch["images"])["xy"]
+    assert len(mirrored) == 2
+    flipped = module.head.to_projected(module(real_mirror(batch["images"])))
+    torch.testing.assert_close(both, (plain + flipped) / 2)

@@ -136,16 +136,18 @@ class GeoguessModule(L.LightningModule):
             return self.fusion(features.float())
 
     @torch.no_grad()
-    def guess(self, images, rows=None, fused=None, output=None) -> dict[str, torch.Tensor]:
+    def guess(
+        self, images, rows=None, fused=None, output=None, tta: bool = True
+    ) -> dict[str, torch.Tensor]:
         """The final guess of each location: `xy` (metres, before snapping), with test-time
-        augmentation and retrieval refinement as configured, and `radius50`/`radius90` (km;
-        calibrated once `radius_scale` is set)."""
+        augmentation (unless `tta` is false) and retrieval refinement as configured, and
+        `radius50`/`radius90` (km; calibrated once `radius_scale` is set)."""
         if fused is None:
             fused = self.embed(images, rows)
             output = self.head(self.dropout(fused))
         head = self.head
         xy = head.to_projected(output)
-        if self.tta == "mirror":
+        if tta and self.tta == "mirror":
             xy = (xy + head.to_projected(self(mirror_views(images)))) / 2
         if self.refine == "knn" and self.retrieval is not None:
             refined, found = self.retrieval.refine(fused, head.class_probabilities(output))
@@ -235,7 +237,10 @@ class GeoguessModule(L.LightningModule):
         self.log(
             f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["uuid"]), sync_dist=True
         )
-        guess = self.guess(batch["images"], fused=fused, output=output)
+        # Test-time augmentation at test only: the epochs' validation picks the checkpoint
+        # without it (a second backbone pass per epoch would defeat the feature cache), while
+        # the radii are calibrated on validation with it (train.fit_inference_extras).
+        guess = self.guess(batch["images"], fused=fused, output=output, tta=stage == "test")
         self._outputs[stage].append(
             {
                 **guess,

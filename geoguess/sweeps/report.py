@@ -25,18 +25,21 @@ SEED = "seed"
 OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
 UNKNOWN_DATASET = "unknown"
 
-# (results.json key, column title, cell format); val_median_km is shown when jobs have it.
+# (results.json key, column title, cell format); the OPTIONAL ones are shown when jobs have them.
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("val_haversine_km", "val km", "{:.1f}"),
     ("val_median_km", "val median km", "{:.1f}"),
     ("test_haversine_km", "test km", "{:.1f}"),
     ("test_median_km", "test median km", "{:.1f}"),
     ("test_acc_25km", "acc@25km %", "{:.1f}"),
+    ("test_coverage50", "in r50 %", "{:.0f}"),
+    ("test_coverage90", "in r90 %", "{:.0f}"),
     ("test_geoguessr_score", "GeoGuessr", "{:.0f}"),
     ("epochs", "epochs", "{:.0f}"),
     ("train_seconds", "train s", "{:.0f}"),
 )
-PERCENT = {"test_acc_25km"}
+PERCENT = {"test_acc_25km", "test_coverage50", "test_coverage90"}
+OPTIONAL = {"val_median_km", "test_coverage50", "test_coverage90"}
 SORT_KEY = "val_haversine_km"
 TEST_KEY = "test_haversine_km"
 
@@ -410,7 +413,7 @@ def table_cells(group: Group) -> tuple[list[str], list[list[str]]]:
     metrics = [
         (key, title, fmt)
         for key, title, fmt in METRICS
-        if group.table[key].notna().any() or key != "val_median_km"
+        if group.table[key].notna().any() or key not in OPTIONAL
     ]
     header = [*settings, "n", *(title for _, title, _ in metrics), "jobs"]
     rows = []

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The methods study (README.md beside this file): every sweep, then one report per question.
+#   bash experiments/study-methods/run.sh [frozen|finetune|best|report]...   (default: all)
+# Sweeps go to outputs/study-methods/<question>/ (ignored by git); the reports are written
+# beside this script, in reports/<question>/ (report.md, report.png).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+OUT=outputs/study-methods
+SEEDS=seed=1,2,3
+export WANDB_MODE=${WANDB_MODE:-offline}
+
+sweep() {  # sweep NAME OVERRIDES...
+  local name=$1
+  shift
+  if [ -e "$OUT/$name" ]; then echo "skip $name: $OUT/$name exists"; return; fi
+  "$PY" -m geoguess.train -m logger=none "$SEEDS" "$@" hydra.sweep.dir="$OUT/$name"
+}
+
+frozen() {  # fixed budget: frozen pretrained Lite0 at 128 px on cached features, 15 epochs
+  local base=experiment=study_frozen
+  sweep heads $base head=classification,regression,hybrid
+  sweep cells $base grid.spacing=0.3,0.5,0.8
+  sweep cells-adaptive $base grid=adaptive
+  sweep smoothing $base head.smoothing_km=null,30
+  sweep fusion $base model.fusion=concat,mean,attention
+  sweep tta $base tta=none,mirror
+  sweep refine $base model.refine=none,knn
+}
+
+finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run on 2 cores)
+  sweep quickstart experiment=quickstart
+  sweep lite0-pretrained experiment=study_finetune
+  sweep lite0-scratch experiment=study_finetune backbone.pretrained=false unfreeze=never
+}
+
+best() {
+  sweep best-cpu experiment=best_cpu
+}
+
+report() {
+  local name
+  for name in heads smoothing fusion tta refine; do
+    "$PY" -m geoguess.report "sweeps=[$OUT/$name]" \
+      hydra.run.dir=experiments/study-methods/reports/$name
+  done
+  "$PY" -m geoguess.report "sweeps=[$OUT/cells,$OUT/cells-adaptive]" \
+    hydra.run.dir=experiments/study-methods/reports/cells
+  "$PY" -m geoguess.report \
+    "sweeps=[$OUT/quickstart,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu]" \
+    hydra.run.dir=experiments/study-methods/reports/backbones
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(frozen finetune best report)
+for step in "${steps[@]}"; do "$step"; done
