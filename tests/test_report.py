@@ -256,3 +256,26 @@ def test_optuna_study_history_from_its_sqlite_file(tmp_path: Path):
     assert "optimization_results.yaml`: 42.0 km (optimizer.lr=0.001235)" in text
     write_report(report, tmp_path / "r")
     assert (tmp_path / "r" / "report.png").stat().st_size > 10_000
+
+
+def test_settings_a_job_did_not_override_read_as_what_it_ran_with(tmp_path: Path):
+    """Two sweeps side by side (square spacings, then grid=adaptive): each row names its grid
+    (the group's choice) and its spacing (the composed value, "-" where the grid has none)."""
+    for num, spacing in enumerate(("0.3", "0.8")):
+        job = fake_job(
+            tmp_path / "square" / str(num),
+            [f"grid.spacing={spacing}"],
+            ok_results(70.0 + num, 71.0),
+            hydra={"runtime": {"choices": {"grid": "square"}}},
+        )
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"grid": {"spacing": 0.5}}))
+    job = fake_job(
+        tmp_path / "adaptive" / "0",
+        ["grid=adaptive"],
+        ok_results(60.0, 61.0),
+        hydra={"runtime": {"choices": {"grid": "adaptive"}}},
+    )
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"grid": {"max_per_cell": 9}}))
+    report = build_report([tmp_path / "square", tmp_path / "adaptive"])
+    rows = report.groups[0].table[["grid.spacing", "grid"]].values.tolist()
+    assert rows == [["-", "adaptive"], ["0.3", "square"], ["0.8", "square"]]

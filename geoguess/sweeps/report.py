@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -261,6 +261,7 @@ def build_report(folders: Sequence[str | Path]) -> Report:
     for dataset in dict.fromkeys(job.dataset for job in jobs if job.status == OK):
         members = [job for job in jobs if job.status == OK and job.dataset == dataset]
         swept = swept_keys(members)
+        members = [with_composed_values(job, swept) for job in members]
         groups.append(
             Group(dataset, members[0].dataset_label, members, swept, table(members, swept))
         )
@@ -278,6 +279,25 @@ def build_report(folders: Sequence[str | Path]) -> Report:
         if isinstance(data := _load_yaml(path), dict) and "best_value" in data
     }
     return Report([Path(f) for f in folders], jobs, groups, studies, optuna_results)
+
+
+def with_composed_values(job: Job, keys: Sequence[str]) -> Job:
+    """`job` with the swept keys it did not override filled in from what it ran with: a config
+    group's choice (`grid` -> `square`), a key's composed value (`grid.spacing` -> `0.5`), or
+    "-" when its config has no such key; so a table row never reads as an empty setting."""
+    from omegaconf import OmegaConf
+
+    missing = [key for key in keys if key not in job.overrides]
+    if not missing:
+        return job
+    hydra = _load_yaml(job.folder / ".hydra" / "hydra.yaml") or {}
+    choices = OmegaConf.select(OmegaConf.create(hydra), "hydra.runtime.choices", default={}) or {}
+    config = OmegaConf.create(_load_yaml(job.folder / ".hydra" / "config.yaml") or {})
+    filled = dict(job.overrides)
+    for key in missing:
+        value = choices.get(key) if key in choices else OmegaConf.select(config, key, default=None)
+        filled[key] = "-" if value is None or OmegaConf.is_config(value) else str(value)
+    return replace(job, overrides=filled)
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
