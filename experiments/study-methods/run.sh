@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The methods study (README.md beside this file): every sweep, then one report per question.
-#   bash experiments/study-methods/run.sh [frozen|finetune|best|report]...   (default: all)
+#   bash experiments/study-methods/run.sh [frozen|finetune|best|real|report]...   (default: all)
 # Sweeps go to outputs/study-methods/<question>/ (ignored by git); the reports are written
 # beside this script, in reports/<question>/ (report.md, report.png).
 set -euo pipefail
@@ -38,6 +38,14 @@ best() {
   sweep best-cpu experiment=best_cpu
 }
 
+real() {  # a sanity check of the real-data path on the 100 real locations (not an accuracy claim)
+  local sample=${REAL_SAMPLE:-../shared/data/real-sample}
+  [ -d "$sample" ] || { echo "skip real: no $sample"; return; }
+  sweep real-sample data=folder data.root="$sample" data.split_by=hash "data.split=[0.6,0.2,0.2]" \
+    backbone=efficientnet_lite0 unfreeze=frozen image=224px optimizer=adamw data.augment=false \
+    trainer.max_epochs=30 head=classification,regression
+}
+
 report() {
   local name
   for name in heads smoothing fusion tta refine; do
@@ -49,8 +57,12 @@ report() {
   "$PY" -m geoguess.report \
     "sweeps=[$OUT/quickstart,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu]" \
     hydra.run.dir=experiments/study-methods/reports/backbones
+  [ -d "$OUT/real-sample" ] && "$PY" -m geoguess.report "sweeps=[$OUT/real-sample]" \
+    hydra.run.dir=experiments/study-methods/reports/real-sample
+  # The report's own run records are not part of the study's results.
+  rm -rf experiments/study-methods/reports/*/.hydra experiments/study-methods/reports/*/report.log
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(frozen finetune best report)
+[ ${#steps[@]} -eq 0 ] && steps=(frozen finetune best real report)
 for step in "${steps[@]}"; do "$step"; done
