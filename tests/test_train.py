@@ -211,7 +211,12 @@ def test_gradual_unfreezes_one_more_stage_from_the_last_every_epoch(data_root, t
             assert not _changed(before[epoch], before[epoch + 1], names), (epoch, names[:1])
 
 
-@pytest.mark.parametrize("experiment", ["smoke", "quickstart", "original"])
+EXPERIMENTS = sorted(
+    p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path):
     overrides = [
         f"experiment={experiment}",
@@ -232,6 +237,9 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
     with composed(overrides, tmp_path) as cfg:
         if experiment == "original":
             assert cfg.grid.spacing == 0.21 and cfg.data.batch_size == 8
+        if experiment == "best_cpu":
+            assert cfg.head._target_.endswith("HybridHead") and cfg.tta == "mirror"
+            assert cfg.grid.spacing == 0.8 and cfg.backbone.name == "efficientnet_lite0"
     results = run_training(overrides, tmp_path)
     check_run_outputs(tmp_path, results)
 
