@@ -95,7 +95,7 @@ class GeoDataModule(L.LightningDataModule):
         self.augmenter = BatchAugment(seed=seed) if self.augment else None
         self.batch_size = _positive_int("data.batch_size", batch_size)
         self.num_workers = _non_negative_int("data.num_workers", num_workers)
-        self.country = _as_country(country)
+        self.country = Country.coerce(country)
         if grid is None and fitted is None:
             raise DataError("a data module needs a grid factory (the grid config) or a fit")
         self.grid_factory = grid
@@ -347,14 +347,6 @@ def _write_once(path: Path, fitted: FittedData) -> None:
 
 
 # -- Setting checks ---------------------------------------------------------------------------
-
-
-def _as_country(country) -> Country:
-    if country is None:
-        return Country()
-    if not isinstance(country, Country):
-        raise DataError(f"country must be a geoguess.geo.Country, not {type(country).__name__}")
-    return country
 
 
 def _choice(key: str, value, allowed) -> str:

@@ -14,8 +14,8 @@ import hydra
 from omegaconf import DictConfig
 
 from geoguess.data.synthetic import SynthesizeError, dataset_key, generate
-from geoguess.data.synthetic.generator import as_country
 from geoguess.data.synthetic.preview import write_preview
+from geoguess.geo import Country
 from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 
 __all__ = ["SynthesizeError", "dataset_key", "generate", "main"]
@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> Path:
         raise SynthesizeError("give the folder to generate into: data.root=PATH")
     if not isinstance(root, str):
         raise SynthesizeError(f"data.root must be one folder to generate into, not {list(root)}")
-    country = as_country(instantiate(cfg.country))
+    country = Country.coerce(instantiate(cfg.country))
     generator = cfg.data.generator
     start = time.perf_counter()
     out = generate(

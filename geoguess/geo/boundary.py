@@ -101,6 +101,20 @@ class Country:
         }
 
     @classmethod
+    def coerce(cls, country) -> Country:
+        """A `Country` from None (the shipped Croatia), a Country, or a config node that was
+        not instantiated (its keys without `_target_`)."""
+        from collections.abc import Mapping
+
+        if country is None:
+            return cls()
+        if isinstance(country, Country):
+            return country
+        if isinstance(country, Mapping):
+            return cls(**{k: v for k, v in country.items() if k != "_target_"})
+        raise BoundaryError(f"country must be a geoguess.geo.Country, not {type(country).__name__}")
+
+    @classmethod
     def from_dict(cls, data: dict) -> Country:
         geojson = data["geojson"]
         if not isinstance(geojson, str):

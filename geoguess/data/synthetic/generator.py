@@ -57,7 +57,7 @@ def generate(
         num_locations, seed, image_size, workers
     )
     _check_target(root, overwrite)
-    country = as_country(country)
+    country = Country.coerce(country)
     world = build_world(country)
     lat, lon = sample_locations(country, num_locations, seed)
     uuids = location_uuids(num_locations, seed)
@@ -95,17 +95,6 @@ def _check_target(root: Path, overwrite: bool) -> None:
         raise SynthesizeError(
             f"{root} already exists; pass overwrite=true to replace it, or choose another data.root"
         )
-
-
-def as_country(country) -> Country:
-    """A `Country` from None (the shipped Croatia), a Country, or an uninstantiated config."""
-    if country is None:
-        return Country()
-    if isinstance(country, Country):
-        return country
-    if isinstance(country, Mapping):  # a config node that was not instantiated
-        return Country(**{k: v for k, v in country.items() if k != "_target_"})
-    raise SynthesizeError(f"country must be a geoguess.geo.Country, not {type(country).__name__}")
 
 
 def sample_locations(country: Country, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
