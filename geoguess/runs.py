@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +32,31 @@ LAST_CHECKPOINT = "last.ckpt"
 
 class RunFolderError(GeoguessError):
     """A run folder that this command must not write into."""
+
+
+class ResumeRefused(GeoguessError):
+    """The checkpoint to resume from does not fit this command (settings, architecture) or
+    cannot be read."""
+
+
+@contextmanager
+def refusing_resume(resume: Path | None):
+    """Errors raised inside, while resuming, become `ResumeRefused` (same message)."""
+    try:
+        yield
+    except GeoguessError as exc:
+        if resume is None or isinstance(exc, ResumeRefused):
+            raise
+        raise ResumeRefused(str(exc)) from None
+
+
+def drop_resume_record(out: Path) -> None:
+    """Remove the newest `.hydra/resume-<k>/` record, written by this refused resume."""
+    records = sorted(
+        (Path(out) / RECORD_DIR).glob("resume-*"), key=lambda p: int(p.name.split("-")[1])
+    )
+    if records and global_rank() == 0:
+        shutil.rmtree(records[-1])
 
 
 def global_rank() -> int:

@@ -55,6 +55,11 @@ def run_job(cfg: DictConfig) -> dict:
         return train(cfg, out, resume)
     except Interrupted:
         raise
+    except runs.ResumeRefused as exc:  # the interrupted run stays as it was, resumable
+        if cfg.get("ckpt_path") == "last":
+            runs.drop_resume_record(out)
+            return _failed_job(exc, out, None)
+        return _failed_job(exc, out, results_mod.write_failure(out, exc, cfg.get("seed")))
     except Exception as exc:  # noqa: BLE001 - recorded in the job's folder, then reported
         return _failed_job(exc, out, results_mod.write_failure(out, exc, cfg.get("seed")))
 
@@ -93,9 +98,10 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
 
     out = Path(out)
     distributed = _join_launched_ranks(cfg)
-    checkpoint = ckpt.read_checkpoint(resume) if resume is not None else None
-    if checkpoint is not None:
-        ckpt.check_fit_settings(checkpoint, cfg)
+    with runs.refusing_resume(resume):
+        checkpoint = ckpt.read_checkpoint(resume) if resume is not None else None
+        if checkpoint is not None:
+            ckpt.check_fit_settings(checkpoint, cfg)
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     country = instantiate(cfg.country)
@@ -126,7 +132,8 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         )
     model = build_model(cfg, datamodule.fitted, backbone, optimizer, unfreeze)
     if checkpoint is not None:
-        ckpt.check_architecture(checkpoint, model.spec())
+        with runs.refusing_resume(resume):
+            ckpt.check_architecture(checkpoint, model.spec())
     elif _feature_cache_applies(cfg, model, unfreeze, datamodule):
         if runs.global_rank() == 0:
             build_feature_cache(model, datamodule)

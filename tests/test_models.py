@@ -80,11 +80,18 @@ def test_every_group_option_of_the_issue_exists():
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau"]
     assert options("unfreeze") == ["at_epoch", "frozen", "gradual", "never"]
     assert options("trainer") == ["cpu", "ddp", "gpu"]
-    assert options("image") == ["112px", "224px", "56px", "64px"]
+    assert options("image") == ["112px", "128px", "224px", "56px", "64px"]
     assert options("callbacks") == ["default", "with_early_stopping"]
     assert options("grid") == ["adaptive", "square"]
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
-    assert options("experiment") == ["original", "quickstart", "smoke"]
+    assert options("experiment") == [
+        "best_cpu",
+        "original",
+        "quickstart",
+        "smoke",
+        "study_finetune",
+        "study_frozen",
+    ]
 
 
 @pytest.mark.parametrize("name", options("backbone"))
@@ -256,9 +263,13 @@ def test_experiments_compose(name, tmp_path):
         assert cfg.unfreeze.epoch == 1
         assert cfg.trainer.max_epochs == 22
         assert cfg.trainer.precision == "bf16-mixed"
-    else:
+    elif name in ("quickstart", "smoke"):
         assert cfg.backbone.pretrained is False
         assert cfg.image.size == 64
+    else:  # the methods study's budgets and its winner: the offline pretrained Lite0
+        assert cfg.backbone.name == "efficientnet_lite0" and cfg.backbone.pretrained is True
+        assert cfg.image.size == (64 if name == "study_finetune" else 128)
+        assert cfg.data.augment is False
 
 
 @pytest.mark.parametrize("size", [56, 64, 112, 224])

@@ -246,19 +246,15 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
 
 @pytest.mark.slow
 def test_a_short_real_training_beats_the_baseline(tmp_path, monkeypatch):
-    """`experiment=smoke` on its own generated dataset, shortened: it must learn."""
+    """`experiment=smoke` on its own generated dataset: it must learn. (The synthetic world v2
+    gives colour nothing away: a short run learns from shapes, slowly; see docs/synthetic.md.)"""
     monkeypatch.setenv("GEOGUESS_CACHE_DIR", str(tmp_path / "cache"))
-    overrides = [
-        "experiment=smoke",
-        "logger=none",
-        "data.generator.num_locations=400",
-        "data.num_workers=0",
-        "trainer.max_epochs=6",
-    ]
+    overrides = ["experiment=smoke", "logger=none", "data.num_workers=0"]
     run = tmp_path / "run"
     results = run_training(overrides, run)
     check_run_outputs(run, results)
-    assert results["baseline_test_haversine_km"] >= 1.5 * results["test_haversine_km"], results
+    # 1.23x on the development machine (96.0 vs 118.0 km); a model that learned nothing: 1.0x.
+    assert results["baseline_test_haversine_km"] >= 1.15 * results["test_haversine_km"], results
 
 
 # -- sweeps -------------------------------------------------------------------------------------
@@ -393,6 +389,25 @@ def test_checkpoints_from_other_settings_and_damaged_ones_are_clear_errors(data_
     damaged.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(GeoguessError, match="truncated or damaged"):
         run_training([*base, f"ckpt_path={damaged}"], tmp_path / "c")
+
+
+def test_a_refused_resume_leaves_the_interrupted_run_as_it_was(data_root, tmp_path):
+    """A resume whose checkpoint does not fit the command (here: another fusion) changes
+    nothing in the folder, so that the right command still resumes it."""
+    base = [*FAST, *folder_data(data_root), "data.split_by=hash", "trainer.max_epochs=2"]
+    run = tmp_path / "run"
+    run_training(base, run)
+    # As a run killed in its last epoch leaves it: nothing of the test yet.
+    for name in ("results.json", "predictions_test.csv", "test_errors.png", "grid.png"):
+        (run / name).unlink()
+    for extras in (run / "checkpoints").glob("*.inference.npz"):
+        extras.unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(GeoguessError, match="fusion"):
+        run_training([*base, "model.fusion=mean", "ckpt_path=last"], run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    results = run_training([*base, "ckpt_path=last"], run)
+    assert results["status"] == "ok" and (run / ".hydra" / "resume-1").is_dir()
 
 
 def test_train_seconds_count_the_training_once(data_root, tmp_path):
