@@ -136,7 +136,13 @@ def summary(out: Path, results: dict) -> str:
         return "n/a" if value is None else f"{100 * value:.1f} %"
 
     baseline, test = results["baseline_test_haversine_km"], results["test_haversine_km"]
-    ratio = f" ({baseline / test:.1f}x better than the baseline)" if baseline and test else ""
+    ratio = ""
+    if baseline and test:
+        ratio = (
+            f" ({baseline / test:.1f}x better than the baseline)"
+            if test < baseline
+            else f" ({test / baseline:.1f}x the baseline's error: no better than the baseline)"
+        )
     lines = [
         f"results ({results['epochs']} epochs, {results['train_seconds']:.0f} s of training):",
         f"  validation error (best epoch)  {km(results['val_haversine_km'])}",

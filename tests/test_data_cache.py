@@ -80,6 +80,7 @@ def test_cache_is_a_npy_holding_exactly_the_decoded_views(tmp_path):
     frame = write_dataset(root, 11, size=48, seed=12)  # 11: the last pwrite is a short one
     cache = build(root, tmp_path, 24, workers=2).cache
     assert cache.data_path.suffix == ".npy"
+    assert cache.data_path.stat().st_mode & 0o777 == 0o644  # like any file, not mkstemp's 0600
     loaded = np.load(cache.data_path)
     assert loaded.dtype == np.uint8 and loaded.shape == (11, 4, 3, 24, 24)
     assert cache.offset + loaded.nbytes == cache.data_path.stat().st_size

@@ -619,3 +619,17 @@ def test_a_frozen_backbone_computes_its_features_once(data_root, tmp_path, monke
     for key in ("val_haversine_km", "test_haversine_km", "test_median_km"):
         assert plain[key] == pytest.approx(cached[key], abs=1e-3), key
     assert set((data_root / ".geoguess-cache").rglob("features-*.npy")) == features_before
+
+
+def test_the_summary_never_calls_a_model_worse_than_the_baseline_better(tmp_path):
+    from geoguess.results import RESULT_KEYS, summary
+
+    results = dict.fromkeys(RESULT_KEYS) | {"epochs": 1, "train_seconds": 1.0}
+    better = summary(
+        tmp_path, results | {"baseline_test_haversine_km": 120.0, "test_haversine_km": 60.0}
+    )
+    assert "(2.0x better than the baseline)" in better
+    worse = summary(
+        tmp_path, results | {"baseline_test_haversine_km": 100.0, "test_haversine_km": 110.0}
+    )
+    assert "better than" not in worse and "(1.1x the baseline's error" in worse

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,7 +31,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 
 from geoguess.data.io import HEADINGS, image_paths
-from geoguess.utils.io import write_json_atomic
+from geoguess.utils.io import make_temp_file, write_json_atomic
 from geoguess.utils.processes import pool_context
 
 log = logging.getLogger(__name__)
@@ -344,8 +343,7 @@ def build_cache(
     frame = frame.sort_values("uuid", kind="stable")
     data_path, manifest_path = _cache_paths(cache_root, key, image_size)
     data_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{data_path.name}.", dir=data_path.parent)
-    os.close(fd)
+    tmp_name = make_temp_file(data_path.parent, data_path.name)  # 0644, not mkstemp's 0600
     try:
         failed = write_array(
             Path(tmp_name), _all_paths(frame), image_size, worker_count(workers), progress
