@@ -141,7 +141,7 @@ def summary(out: Path, results: dict) -> str:
         ratio = (
             f" ({baseline / test:.1f}x better than the baseline)"
             if test < baseline
-            else f" ({test / baseline:.1f}x the baseline's error: no better than the baseline)"
+            else f" ({test / baseline:.1f}x the baseline's error: worse than predicting it)"
         )
     lines = [
         f"results ({results['epochs']} epochs, {results['train_seconds']:.0f} s of training):",

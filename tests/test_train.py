@@ -632,4 +632,4 @@ def test_the_summary_never_calls_a_model_worse_than_the_baseline_better(tmp_path
     worse = summary(
         tmp_path, results | {"baseline_test_haversine_km": 100.0, "test_haversine_km": 110.0}
     )
-    assert "better than" not in worse and "(1.1x the baseline's error" in worse
+    assert "x better than" not in worse and "(1.1x the baseline's error" in worse
