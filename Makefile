@@ -5,7 +5,7 @@ PYTHON ?= python3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format train smoke bench clean
+.PHONY: help install test test-slow lint format train smoke bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,8 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install the project (editable) with its dev extras
 
-test: $(VENV)/.installed ## Run the test suite
-	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
+test: $(VENV)/.installed ## Run the test suite but its slow end-to-end runs (ARGS= for pytest)
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(VENV)/.installed ## Run the slow end-to-end tests (sweeps, DDP, resume after a kill, ...)
+	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(ARGS)
 
 lint: $(VENV)/.installed ## Check formatting and lint with ruff
 	$(VENV)/bin/ruff format --check geoguess tests

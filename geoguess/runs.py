@@ -34,20 +34,20 @@ class RunFolderError(GeoguessError):
     """A run folder that this command must not write into."""
 
 
-class ResumeRefused(GeoguessError):
-    """The checkpoint to resume from does not fit this command (settings, architecture) or
-    cannot be read."""
-
-
 @contextmanager
 def refusing_resume(resume: Path | None):
-    """Errors raised inside, while resuming, become `ResumeRefused` (same message)."""
+    """A user error raised inside while resuming is marked as a refused resume (same error,
+    same message): the checkpoint does not fit the command or cannot be read."""
     try:
         yield
     except GeoguessError as exc:
-        if resume is None or isinstance(exc, ResumeRefused):
-            raise
-        raise ResumeRefused(str(exc)) from None
+        if resume is not None:
+            exc.refused_resume = True
+        raise
+
+
+def is_refused_resume(exc: BaseException) -> bool:
+    return bool(getattr(exc, "refused_resume", False))
 
 
 def drop_resume_record(out: Path) -> None:

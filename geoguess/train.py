@@ -55,12 +55,10 @@ def run_job(cfg: DictConfig) -> dict:
         return train(cfg, out, resume)
     except Interrupted:
         raise
-    except runs.ResumeRefused as exc:  # the interrupted run stays as it was, resumable
-        if cfg.get("ckpt_path") == "last":
-            runs.drop_resume_record(out)
-            return _failed_job(exc, out, None)
-        return _failed_job(exc, out, results_mod.write_failure(out, exc, cfg.get("seed")))
     except Exception as exc:  # noqa: BLE001 - recorded in the job's folder, then reported
+        if runs.is_refused_resume(exc) and cfg.get("ckpt_path") == "last":
+            runs.drop_resume_record(out)  # the interrupted run stays as it was, resumable
+            return _failed_job(exc, out, None)
         return _failed_job(exc, out, results_mod.write_failure(out, exc, cfg.get("seed")))
 
 
