@@ -48,6 +48,9 @@ real() {  # a sanity check of the real-data path on the 100 real locations (not 
 
 report() {
   local name
+  # The reports are this script's own output: regenerated whole (a report never writes into
+  # an existing run folder).
+  rm -rf experiments/study-methods/reports
   for name in heads smoothing fusion tta refine; do
     "$PY" -m geoguess.report "sweeps=[$OUT/$name]" \
       hydra.run.dir=experiments/study-methods/reports/$name
