@@ -414,3 +414,16 @@ def test_real_sample_round_trip(real_sample, tmp_path):
     assert top > bottom
     assert 0.3 < dm.fitted.image_mean[0] < 0.7 and 0.1 < dm.fitted.image_std[0] < 0.35
     assert isinstance(dm.datasets["test"], GeoguesserDataset)
+
+
+def test_a_split_of_very_few_locations_is_warned_about(tmp_path, caplog):
+    """Spatial blocks on a small dataset can leave a split one or two locations: say so."""
+    root = tmp_path / "data"
+    write_dataset(root, 30, size=16, seed=15)
+    dm = make_dm(root, tmp_path / "cache", split=(0.8, 0.1, 0.1))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    sizes = {name: len(dm.splits[name]) for name in ("val", "test")}
+    for name, size in sizes.items():
+        assert (f"the {name} split holds only {size} locations" in caplog.text) == (0 < size < 10)
+    assert any(0 < size < 10 for size in sizes.values())

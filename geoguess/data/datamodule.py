@@ -38,6 +38,7 @@ from geoguess.data.validation import ValidationReport, validate_dataset
 from geoguess.geo import ClassGrid, Country
 from geoguess.utils.io import write_csv_atomic, write_text_atomic
 
+FEW_LOCATIONS = 10  # below this a split's mean error is mostly noise
 log = logging.getLogger(__name__)
 
 ON_INVALID = ("error", "skip")
@@ -223,6 +224,17 @@ class GeoDataModule(L.LightningDataModule):
         for name in ("val", "test"):
             if splits[name].empty and self.ratios[SPLITS.index(name)] > 0:
                 log.warning("the %s split is empty (%d valid locations)", name, len(valid))
+            elif 0 < len(splits[name]) < FEW_LOCATIONS:
+                # Spatial blocks are large: on a small dataset a split can get one or two.
+                log.warning(
+                    "the %s split holds only %d locations: its error says little (data.split=%s, "
+                    "data.split_by=%s; on a small dataset try data.spatial_block_km smaller or "
+                    "data.split_by=hash)",
+                    name,
+                    len(splits[name]),
+                    list(self.ratios),
+                    self.split_by,
+                )
         return splits
 
     def _fit(self, report: ValidationReport, train: pd.DataFrame) -> FittedData:
