@@ -100,6 +100,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         checkpoint = ckpt.read_checkpoint(resume) if resume is not None else None
         if checkpoint is not None:
             ckpt.check_fit_settings(checkpoint, cfg)
+            ckpt.check_training_settings(checkpoint, cfg)
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     country = instantiate(cfg.country)

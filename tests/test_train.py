@@ -391,6 +391,20 @@ def test_checkpoints_from_other_settings_and_damaged_ones_are_clear_errors(data_
         run_training([*base, f"ckpt_path={damaged}"], tmp_path / "c")
 
 
+def test_a_resume_under_other_optimisation_settings_is_refused(data_root, tmp_path):
+    """The optimizer, scheduler and unfreeze state come from the checkpoint: a changed rate
+    would be ignored, and a one-cycle schedule cannot be stretched over more epochs."""
+    base = [*FAST, *folder_data(data_root), "data.split_by=hash", "scheduler=onecycle"]
+    run_training([*base, "trainer.max_epochs=1"], tmp_path / "source")
+    last = tmp_path / "source" / "checkpoints" / "last.ckpt"
+    with pytest.raises(GeoguessError, match=r"other optimisation settings(.|\n)*lr"):
+        run_training([*base, "optimizer.lr=0.5", f"ckpt_path={last}"], tmp_path / "a")
+    with pytest.raises(GeoguessError, match="trainer.max_epochs: 1 in the checkpoint, 2 now"):
+        run_training([*base, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b")
+    results = run_training([*base, "trainer.max_epochs=1", f"ckpt_path={last}"], tmp_path / "c")
+    assert results["status"] == "ok"
+
+
 def test_a_refused_resume_leaves_the_interrupted_run_as_it_was(data_root, tmp_path):
     """A resume whose checkpoint does not fit the command (here: another fusion) changes
     nothing in the folder, so that the right command still resumes it."""

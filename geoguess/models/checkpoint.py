@@ -28,6 +28,12 @@ FIT_KEYS = (
     "data.fraction",
 )
 
+# The optimisation a resume continues: its state (optimizer moments and rates, the scheduler's
+# position, the unfreeze schedule) comes from the checkpoint, so a changed value here would be
+# silently ignored; and a schedule laid out over trainer.max_epochs cannot be stretched.
+TRAINING_KEYS = ("optimizer", "scheduler", "unfreeze")
+SCHEDULES_OVER_THE_RUN = ("onecycle", "cosine")
+
 
 class CheckpointError(GeoguessError):
     """A file that is not a usable geoguess checkpoint, or one that does not fit the run."""
@@ -116,6 +122,25 @@ def check_fit_settings(checkpoint: dict, cfg) -> None:
         if then != now:
             differences.append(f"{key}: {then!r} in the checkpoint, {now!r} now")
     _refuse(differences, "fitted with other data settings")
+
+
+def check_training_settings(checkpoint: dict, cfg) -> None:
+    """Refuse to continue a checkpoint's training under other optimisation settings."""
+    from omegaconf import OmegaConf
+
+    from geoguess.models.module import CHECKPOINT_KEY
+
+    stored = OmegaConf.create(checkpoint[CHECKPOINT_KEY].get("config") or {})
+    keys = list(TRAINING_KEYS)
+    target = str(OmegaConf.select(cfg, "scheduler._target_", default="") or "")
+    if any(name in target for name in SCHEDULES_OVER_THE_RUN):
+        keys.append("trainer.max_epochs")
+    differences = []
+    for key in keys:
+        then, now = _plain(OmegaConf.select(stored, key)), _plain(OmegaConf.select(cfg, key))
+        if then != now:
+            differences.append(f"{key}: {then!r} in the checkpoint, {now!r} now")
+    _refuse(differences, "trained with other optimisation settings")
 
 
 def check_architecture(checkpoint: dict, spec: dict) -> None:
