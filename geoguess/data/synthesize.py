@@ -13,12 +13,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from geoguess.data.synthetic import SynthesizeError, dataset_key, generate
+from geoguess.data.synthetic import SynthesizeError, generate
 from geoguess.data.synthetic.preview import write_preview
 from geoguess.geo import Country
 from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 
-__all__ = ["SynthesizeError", "dataset_key", "generate", "main"]
+__all__ = ["SynthesizeError", "generate", "main"]
 
 
 # The config folder is relative to this module, one level deeper than the other CLIs.

@@ -110,37 +110,35 @@ def load_for_inference(path: str | Path, device: str = "cpu"):
 
 def check_fit_settings(checkpoint: dict, cfg) -> None:
     """Refuse a checkpoint fitted under other data settings than `cfg` names, saying which."""
-    from omegaconf import OmegaConf
-
-    from geoguess.models.module import CHECKPOINT_KEY
-
-    stored = OmegaConf.create(checkpoint[CHECKPOINT_KEY].get("config") or {})
-    differences = []
-    for key in FIT_KEYS:
-        then, now = OmegaConf.select(stored, key), OmegaConf.select(cfg, key)
-        then, now = _plain(then), _plain(now)
-        if then != now:
-            differences.append(f"{key}: {then!r} in the checkpoint, {now!r} now")
-    _refuse(differences, "fitted with other data settings")
+    _refuse(_config_differences(checkpoint, cfg, FIT_KEYS), "fitted with other data settings")
 
 
 def check_training_settings(checkpoint: dict, cfg) -> None:
     """Refuse to continue a checkpoint's training under other optimisation settings."""
     from omegaconf import OmegaConf
 
-    from geoguess.models.module import CHECKPOINT_KEY
-
-    stored = OmegaConf.create(checkpoint[CHECKPOINT_KEY].get("config") or {})
     keys = list(TRAINING_KEYS)
     target = str(OmegaConf.select(cfg, "scheduler._target_", default="") or "")
     if any(name in target for name in SCHEDULES_OVER_THE_RUN):
         keys.append("trainer.max_epochs")
+    differences = _config_differences(checkpoint, cfg, keys)
+    _refuse(differences, "trained with other optimisation settings")
+
+
+def _config_differences(checkpoint: dict, cfg, keys) -> list[str]:
+    """`key: then in the checkpoint, now now` for each of `keys` whose value differs between
+    the config stored in the checkpoint and `cfg`."""
+    from omegaconf import OmegaConf
+
+    from geoguess.models.module import CHECKPOINT_KEY
+
+    stored = OmegaConf.create(checkpoint[CHECKPOINT_KEY].get("config") or {})
     differences = []
     for key in keys:
         then, now = _plain(OmegaConf.select(stored, key)), _plain(OmegaConf.select(cfg, key))
         if then != now:
             differences.append(f"{key}: {then!r} in the checkpoint, {now!r} now")
-    _refuse(differences, "trained with other optimisation settings")
+    return differences
 
 
 def check_architecture(checkpoint: dict, spec: dict) -> None:
