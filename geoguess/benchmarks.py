@@ -689,13 +689,13 @@ class BenchNet:
         import torch
         from torch import nn
 
-        from geoguess.models.backbones import create_backbone
+        from geoguess.models.backbones import create_backbone, feature_size
 
         class Net(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
                 self.backbone = create_backbone(backbone, pretrained=False)
-                self.head = nn.Linear(4 * self.backbone.num_features, classes)
+                self.head = nn.Linear(4 * feature_size(self.backbone), classes)
                 self.register_buffer("mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1))
                 self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
 

@@ -703,3 +703,18 @@ def test_mirror_tta_applies_at_test_not_in_the_epochs_validation(fitted, monkeyp
     assert len(mirrored) == 2
     flipped = module.head.to_projected(module(real_mirror(batch["images"])))
     torch.testing.assert_close(both, (plain + flipped) / 2)
+
+
+@pytest.mark.parametrize("name", ["tiny", "lcnet_050", "mobilenetv3_small_050"])
+def test_any_timm_backbone_fits_the_fusion_whatever_follows_its_pooling(name, fitted):
+    """LCNet and MobileNetV3 end in a hidden layer after the pooling (1,280 features, not
+    `num_features`): the fusion must be built for what the backbone really returns."""
+    backbone = backbones.create_backbone(name)
+    module = GeoguessModule(
+        backbone=backbone, head=partial(heads.ClassificationHead), fitted=fitted
+    )
+    width = backbone.eval()(torch.zeros(2, 3, 32, 32)).shape[-1]
+    assert backbones.feature_size(backbone) == width
+    assert module.fusion.out_features == 4 * width
+    scores = module.eval()(torch.zeros((2, 4, 3, 32, 32), dtype=torch.uint8))
+    assert scores.shape[0] == 2

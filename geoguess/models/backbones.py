@@ -75,6 +75,12 @@ def create_backbone(
         raise BackboneError(_weights_hint(name, arch, pretrained_file, exc)) from exc
 
 
+def feature_size(backbone: nn.Module) -> int:
+    """The width of `backbone(x)`: timm's `num_features`, or the width of the head's hidden
+    layer where one follows the pooling (MobileNetV3, LCNet: `head_hidden_size`)."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
 def _offline_weights(name: str, arch: str) -> str | None:
     """The local weights file that replaces a download, or None to let timm download."""
     from geoguess.models import pretrained

@@ -20,6 +20,7 @@ from torch import nn
 
 from geoguess import metrics
 from geoguess.errors import GeoguessError
+from geoguess.models.backbones import feature_size
 from geoguess.models.fusion import FUSIONS, create_fusion
 from geoguess.models.heads import build_head, no_autocast
 from geoguess.models.refinement import QUANTILES, REFINE, TTA, Retrieval, mirror_views
@@ -68,7 +69,7 @@ class GeoguessModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fusion = create_fusion(fusion, backbone.num_features)
+        self.fusion = create_fusion(fusion, feature_size(backbone))
         self.dropout = nn.Dropout(float(dropout)) if dropout else nn.Identity()
         self.head = head(
             self.fusion.out_features,
