@@ -20,6 +20,9 @@ def user_errors(main: Callable) -> Callable:
 
     @functools.wraps(main)
     def wrapper(cfg, *args, **kwargs):
+        from geoguess.utils.allocator import keep_freed_memory
+
+        keep_freed_memory()  # see allocator.py: CPU steps ran 2.7x faster
         try:
             check_missing(cfg)
             return main(cfg, *args, **kwargs)
