@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import math
+import queue
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -292,23 +293,34 @@ def augment_per_view(
     positions = [(b, v) for b in range(batch) for v in range(views)]
     jobs = [(*where, *values) for where, *values in zip(positions, *columns, strict=True)]
     threads = max(1, min(threads or torch.get_num_threads(), len(jobs)))
+    pending = queue.SimpleQueue()  # each thread takes the next view: none idles while one lags
+    for job in jobs:
+        pending.put(job)
     with _torch_threads(1):
         if threads == 1:
-            _augment_views(source, out, jobs)
+            _augment_views(source, out, pending)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(threads) as pool:
-                shares = [jobs[k::threads] for k in range(threads)]
-                for _ in pool.map(lambda share: _augment_views(source, out, share), shares):
-                    pass
+            with ThreadPoolExecutor(threads - 1) as pool:
+                helpers = [
+                    pool.submit(_augment_views, source, out, pending) for _ in range(threads - 1)
+                ]
+                _augment_views(source, out, pending)  # this thread works too
+                for helper in helpers:
+                    helper.result()
     return torch.from_numpy(out).permute(0, 1, 4, 2, 3)
 
 
-def _augment_views(source: np.ndarray, out: np.ndarray, jobs) -> None:
+def _augment_views(source: np.ndarray, out: np.ndarray, pending: queue.SimpleQueue) -> None:
+    """Augments views taken from `pending` until it is empty."""
     # One crop buffer per thread, large enough for the largest crop (the whole view).
     scratch = np.empty(source.shape[2] * source[0, 0, 0].size, dtype=np.uint8)
-    for b, v, *view_params in jobs:
+    while True:
+        try:
+            b, v, *view_params = pending.get_nowait()
+        except queue.Empty:
+            return
         _augment_view(source[b, v], out[b, v], scratch, *view_params)
 
 
@@ -385,6 +397,7 @@ class _torch_threads:
 
 
 LEVELS = np.arange(256, dtype=np.float64)
+WEIGHTS = np.array(GRAY_WEIGHTS)
 
 
 def _jitter_table(
@@ -394,27 +407,27 @@ def _jitter_table(
 
     Brightness and contrast act on each value alone, given the contrast pivot (the mean of the
     grayscale image entering the contrast step), which the view's channel `histograms`
-    (`[3, 256]` counts) give.
+    (`[3, 256]` counts) give: the pivot of the values after a table is the table's mean under
+    the gray-weighted level frequencies. (In-place ufuncs: this runs once per view.)
     """
-    histograms = histograms.astype(np.float64)
-    count = histograms[0].sum()
-    levels = LEVELS
-
-    def brighten(values):
-        return np.floor(np.clip(values * brightness, 0, 255))
-
-    def pivot(table):  # mean grayscale of the view after `table`
-        channel_means = histograms @ table / count
-        return float(np.dot(GRAY_WEIGHTS, channel_means))
-
+    frequency = WEIGHTS @ histograms
+    frequency /= histograms[0].sum()
     if contrast_first:
-        mean = pivot(levels)
-        table = brighten(np.floor(np.clip(levels * contrast + (1 - contrast) * mean, 0, 255)))
+        table = LEVELS * contrast
+        table += (1 - contrast) * float(frequency @ LEVELS)
+        np.maximum(table, 0, out=table)
+        np.minimum(table, 255, out=table)
+        np.floor(table, out=table)
+        table *= brightness
     else:
-        brightened = brighten(levels)
-        mean = pivot(brightened)
-        table = np.floor(np.clip(brightened * contrast + (1 - contrast) * mean, 0, 255))
-    return table.astype(np.uint8)
+        brightened = LEVELS * brightness
+        np.minimum(brightened, 255, out=brightened)
+        np.floor(brightened, out=brightened)
+        table = brightened * contrast
+        table += (1 - contrast) * float(frequency @ brightened)
+        np.maximum(table, 0, out=table)
+    np.minimum(table, 255, out=table)
+    return table.astype(np.uint8)  # truncation: the floor of these non-negative values
 
 
 # ---------------------------------------------------------------------------------------------
