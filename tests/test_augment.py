@@ -223,3 +223,24 @@ def test_per_view_kernel_is_the_same_with_and_without_opencv(monkeypatch):
     without = augment(images, indices, epoch=2)
     assert torch.equal(with_opencv, without)
     assert (with_opencv.int() - images.int()).abs().float().mean() > 5
+
+
+def _augment_in_child(images, indices, queue) -> None:
+    queue.put(
+        augment_mod.augment_per_view(images, BatchAugment(seed=3).params(indices, 0, 4, S, S), 2)
+    )
+
+
+def test_per_view_threads_work_in_a_forked_child():
+    import multiprocessing
+
+    images, indices = smooth_images(2, S, seed=6), torch.arange(2)
+    params = BatchAugment(seed=3).params(indices, 0, 4, S, S)
+    here = augment_mod.augment_per_view(images, params, threads=2)  # this process's threads
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_augment_in_child, args=(images, indices, results))
+    child.start()
+    there = results.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and torch.equal(there, here)

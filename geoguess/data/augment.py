@@ -32,8 +32,11 @@ from __future__ import annotations
 import array
 import functools
 import math
+import os
 import queue
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -309,16 +312,41 @@ def augment_per_view(
         if threads == 1:
             _augment_views(source, out, pending)
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads - 1) as pool:
-                helpers = [
-                    pool.submit(_augment_views, source, out, pending) for _ in range(threads - 1)
-                ]
-                _augment_views(source, out, pending)  # this thread works too
-                for helper in helpers:
-                    helper.result()
+            pool = _helper_pool(threads - 1)
+            helpers = [
+                pool.submit(_augment_views, source, out, pending) for _ in range(threads - 1)
+            ]
+            _augment_views(source, out, pending)  # this thread works too
+            for helper in helpers:
+                helper.result()
     return torch.from_numpy(out).permute(0, 1, 4, 2, 3)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _helper_pool(count: int) -> ThreadPoolExecutor:
+    """At least `count` threads, kept from batch to batch (starting and joining threads for
+    each batch took 1-2 ms, a tenth of a batch)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < count:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="augment"), count
+        return _pool
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_size, _pool_lock
+    # A forked child has none of the parent's threads: a pool inherited would never run.
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _augment_views(source: np.ndarray, out: np.ndarray, pending: queue.SimpleQueue) -> None:
