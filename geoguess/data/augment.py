@@ -157,9 +157,10 @@ class BatchAugment:
     (uint8 kernels view by view: the choice on a CPU) or "auto" (by the images' device). Both
     follow torchvision's uint8 pipeline (resized crop rounded to integers, each adjustment
     truncated, the contrast pivot the mean grayscale). The per-view kernel takes that mean
-    before flooring each gray value, over every k-th row (see the module's note); the batched one samples the crop with `grid_sample`, whose
-    edge rows may blend half a pixel from outside the crop. Both stay within a few grey levels
-    of torchvision given the same parameters, on average well under one.
+    before flooring each gray value, over every k-th row (see the module's note); the batched
+    one samples the crop with `grid_sample`, whose edge rows may blend half a pixel from
+    outside the crop. Both stay within a few grey levels of torchvision given the same
+    parameters, on average well under one.
     """
 
     def __init__(
