@@ -300,10 +300,10 @@ def batch_loader(
     """A loader of whole batches: `sampler` (`LocationShuffle`, `BlockShuffle`) in batches.
 
     `num_workers=0` reads in this process, the fastest from a warm cache (no batch crosses a
-    process boundary), one batch ahead in a thread (`PrefetchingLoader`); `pin_memory` defaults to whether CUDA is available. `read_ahead` with
-    a `BlockShuffle` sampler asks the kernel for each block's whole span at its first use
-    (see `BatchReader`; it did not pay off on the virtual disk it was measured on, see
-    docs/performance.md).
+    process boundary), one batch ahead in a thread (`PrefetchingLoader`); `pin_memory`
+    defaults to whether CUDA is available. `read_ahead` with a `BlockShuffle` sampler asks the
+    kernel for each block's whole span at its first use (see `BatchReader`; it did not pay off
+    on the virtual disk it was measured on, see docs/performance.md).
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
