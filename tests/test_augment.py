@@ -226,9 +226,9 @@ def test_per_view_kernel_is_the_same_with_and_without_opencv(monkeypatch):
 
 
 def _augment_in_child(images, indices, queue) -> None:
-    queue.put(
-        augment_mod.augment_per_view(images, BatchAugment(seed=3).params(indices, 0, 4, S, S), 2)
-    )
+    params = BatchAugment(seed=3).params(indices, 0, 4, S, S)
+    # As numpy (pickled by value): a tensor would be sent as a handle to this process's memory.
+    queue.put(augment_mod.augment_per_view(images, params, threads=2).numpy())
 
 
 def test_per_view_threads_work_in_a_forked_child():
@@ -241,6 +241,6 @@ def test_per_view_threads_work_in_a_forked_child():
     results = context.Queue()
     child = context.Process(target=_augment_in_child, args=(images, indices, results))
     child.start()
-    there = results.get(timeout=60)
+    there = torch.from_numpy(results.get(timeout=60))
     child.join(timeout=60)
     assert child.exitcode == 0 and torch.equal(there, here)
