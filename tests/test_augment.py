@@ -8,6 +8,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from geoguess.data import augment as augment_mod
 from geoguess.data.augment import BatchAugment, TorchvisionViewAugment, sample_params
 
 DRAWS = 4000
@@ -100,13 +101,13 @@ def smooth_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return images.reshape(batch, 4, 3, size, size)
 
 
-def torchvision_with(params, images: torch.Tensor) -> torch.Tensor:
+def torchvision_with(params, images: torch.Tensor, size: int = S) -> torch.Tensor:
     """torchvision's functional ops on each view with the given parameters."""
     out = torch.empty_like(images)
     for b in range(images.shape[0]):
         for v in range(images.shape[1]):
             box = [int(getattr(params, k)[b, v]) for k in ("top", "left", "height", "width")]
-            x = TF.resized_crop(images[b, v], *box, [S, S], antialias=True)
+            x = TF.resized_crop(images[b, v], *box, [size, size], antialias=True)
             bright, contrast = float(params.brightness[b, v]), float(params.contrast[b, v])
             if params.contrast_first[b, v]:
                 x = TF.adjust_brightness(TF.adjust_contrast(x, contrast), bright)
@@ -187,3 +188,59 @@ def test_reference_augmentation_is_torchvisions():
     out = TorchvisionViewAugment(S)(views)
     assert out.shape == views.shape and out.dtype == torch.uint8
     assert not torch.equal(out, views)
+
+
+def test_per_view_pivot_from_sampled_rows_is_within_about_a_grey_level():
+    # Views with what makes a row sample miss: sky-to-road gradients, bands, texture.
+    size = 112
+    rows = torch.linspace(0, 1, size).view(1, 1, size, 1)
+    bands = (torch.arange(size).view(1, 1, size, 1) // 9 % 2) * 40.0
+    base = smooth_images(4, size, seed=3).float().reshape(16, 3, size, size)
+    images = (base * 0.5 + 180 * (1 - rows) + bands).clamp(0, 255).to(torch.uint8)
+    weights = np.array(augment_mod.GRAY_WEIGHTS)
+    for view in images.permute(0, 2, 3, 1).numpy():
+        counts = augment_mod._pivot_histograms(np.ascontiguousarray(view))
+        assert counts.shape == (3, 256) and (counts.sum(1) >= size * 32).all()
+        sampled = weights @ (counts @ np.arange(256)) / counts[0].sum()
+        full = weights @ view.reshape(-1, 3).mean(0)
+        assert abs(sampled - full) < 1.5, (sampled, full)
+    # Against torchvision (the whole view's pivot) on such views, as on the smooth ones.
+    images = images.reshape(4, 4, 3, size, size)
+    augment = BatchAugment(seed=5, backend="per_view")
+    params = augment.params(torch.arange(4), 0, 4, size, size)
+    out = augment_mod.augment_per_view(images, params)
+    diff = (out.int() - torchvision_with(params, images, size).int()).abs().float()
+    assert diff.mean() < 0.15 and diff.max() <= 3, (diff.mean(), diff.max())
+
+
+def test_per_view_kernel_is_the_same_with_and_without_opencv(monkeypatch):
+    pytest.importorskip("cv2")
+    images = smooth_images(3, S, seed=4)
+    indices = torch.tensor([5, 1, 8])
+    augment = BatchAugment(seed=1, backend="per_view")
+    with_opencv = augment(images, indices, epoch=2)
+    monkeypatch.setattr(augment_mod, "_opencv", lambda: None)
+    without = augment(images, indices, epoch=2)
+    assert torch.equal(with_opencv, without)
+    assert (with_opencv.int() - images.int()).abs().float().mean() > 5
+
+
+def _augment_in_child(images, indices, queue) -> None:
+    params = BatchAugment(seed=3).params(indices, 0, 4, S, S)
+    # As numpy (pickled by value): a tensor would be sent as a handle to this process's memory.
+    queue.put(augment_mod.augment_per_view(images, params, threads=2).numpy())
+
+
+def test_per_view_threads_work_in_a_forked_child():
+    import multiprocessing
+
+    images, indices = smooth_images(2, S, seed=6), torch.arange(2)
+    params = BatchAugment(seed=3).params(indices, 0, 4, S, S)
+    here = augment_mod.augment_per_view(images, params, threads=2)  # this process's threads
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_augment_in_child, args=(images, indices, results))
+    child.start()
+    there = torch.from_numpy(results.get(timeout=60))
+    child.join(timeout=60)
+    assert child.exitcode == 0 and torch.equal(there, here)

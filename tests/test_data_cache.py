@@ -344,3 +344,31 @@ def test_batch_loader_reads_every_location_once_per_epoch(tmp_path, monkeypatch)
     assert len(advised) == len(BlockShuffle(dataset.rows, 1, block_size=5).blocks) == 5
     assert all((offset - cache.offset) % cache.row_bytes == 0 for offset, _ in advised)
     assert sum(length for _, length in advised) == 23 * cache.row_bytes
+
+
+def test_in_process_batches_are_read_one_ahead_in_a_thread_that_stops(tmp_path, monkeypatch):
+    import gc
+
+    from geoguess.data import dataset as dataset_mod
+    from geoguess.data.sampler import LocationShuffle
+
+    root = tmp_path / "data"
+    write_dataset(root, 12, size=32, seed=16)
+    dataset = cached_dataset(root, tmp_path)
+    loader = dataset_mod.batch_loader(dataset, LocationShuffle(12, seed=2), batch_size=4)
+    iterator = iter(loader)
+    first = next(iterator)
+    thread = iterator._thread
+    assert thread.is_alive() and thread.daemon
+    # The batches are the sampler's, whatever thread read them.
+    expected = dataset.read_batch(LocationShuffle(12, seed=2).rank_order(0)[:4])
+    assert first["uuid"] == expected["uuid"] and first["images"].equal(expected["images"])
+    # An epoch cut short: dropping the iterator stops its thread.
+    del iterator
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    # A failed read is raised in the consumer, not lost in the thread.
+    monkeypatch.setattr(dataset, "read_batch", lambda indices: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        next(iter(loader))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -214,6 +216,78 @@ class BatchReader(Dataset):
             os.close(self._fd)
 
 
+class PrefetchingLoader(DataLoader):
+    """A `DataLoader` whose batches, without worker processes, are read one ahead by a thread.
+
+    In-process reading is the fastest from a warm cache (no batch crosses a process boundary),
+    but it leaves the caller's CPU work (the batch augmentation, a training step) and the
+    reading of the next batch in turn: a background thread reads the next batch meanwhile
+    (the memory-map copy releases the GIL). The order of batches is the sampler's, unchanged.
+    With worker processes it is a plain `DataLoader`.
+    """
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        return iterator if self.num_workers > 0 else _ReadAhead(iterator)
+
+
+class _ReadAhead:
+    """Iterates `iterator` in a daemon thread, one item ahead of its consumer; exceptions are
+    raised in the consumer. Dropping this object (an epoch cut short) stops the thread."""
+
+    _END = object()
+
+    def __init__(self, iterator) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        # The thread holds the queue and the event, not this object, so that dropping it stops
+        # the thread.
+        self._thread = threading.Thread(
+            target=_read_ahead, args=(iterator, self._queue, self._stop), daemon=True
+        )
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is _ReadAhead._END:
+            self._stop.set()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._stop.set()
+            raise item.error
+        return item
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _read_ahead(iterator, out: queue.Queue, stop: threading.Event) -> None:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in iterator:
+            if not put(item):
+                return
+        put(_ReadAhead._END)
+    except BaseException as error:  # handed to the consumer, raised there
+        put(_Failure(error))
+
+
 def batch_loader(
     dataset: GeoguesserDataset,
     sampler,
@@ -226,15 +300,15 @@ def batch_loader(
     """A loader of whole batches: `sampler` (`LocationShuffle`, `BlockShuffle`) in batches.
 
     `num_workers=0` reads in this process, the fastest from a warm cache (no batch crosses a
-    process boundary); `pin_memory` defaults to whether CUDA is available. `read_ahead` with
-    a `BlockShuffle` sampler asks the kernel for each block's whole span at its first use
-    (see `BatchReader`; it did not pay off on the virtual disk it was measured on, see
-    docs/performance.md).
+    process boundary), one batch ahead in a thread (`PrefetchingLoader`); `pin_memory`
+    defaults to whether CUDA is available. `read_ahead` with a `BlockShuffle` sampler asks the
+    kernel for each block's whole span at its first use (see `BatchReader`; it did not pay off
+    on the virtual disk it was measured on, see docs/performance.md).
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     blocks = getattr(sampler, "blocks", None) if read_ahead else None
-    return DataLoader(
+    return PrefetchingLoader(
         BatchReader(dataset, blocks),
         batch_size=None,
         sampler=BatchesOf(sampler, batch_size, drop_last),
