@@ -506,6 +506,9 @@ def test_training_step_and_nan_loss(fitted):
     module.training_step(batch, 1)  # no host sync here ...
     with pytest.raises(NonFiniteLossError, match="not finite in one of the last 25 steps"):
         module.on_train_epoch_end()  # ... but the epoch cannot end on it
+    module.training_step(batch, 2)
+    with pytest.raises(NonFiniteLossError, match="not finite in one of the last 25 steps"):
+        module.on_validation_epoch_start()  # nor validate (it runs before the epoch's end)
 
 
 def test_checkpoint_extras_are_plain_data_that_rebuild_the_module(fitted):

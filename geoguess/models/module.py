@@ -253,6 +253,10 @@ class GeoguessModule(L.LightningModule):
     # -- epoch ends: metrics over every location, in km --------------------------------------
 
     def on_validation_epoch_start(self) -> None:
+        # Validation runs before on_train_epoch_end: a loss that went NaN in the epoch's last
+        # steps must be reported as such, not as the NaN predictions it leads to.
+        if self._finite is not None:
+            self._check_finite(None)
         self._outputs["val"] = []
 
     def on_test_epoch_start(self) -> None:
