@@ -55,6 +55,8 @@ class Job:
     dataset: str = UNKNOWN_DATASET
     dataset_label: str = UNKNOWN_DATASET
     study: Study | None = None
+    # The config groups it ran with (`hydra.runtime.choices`: `grid` -> `square`).
+    choices: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def read_job(job_dir: Path, sweep: Path) -> Job:
         if status == OK and not _is_number(results.get(SORT_KEY)):
             status, error = FAILED, f"no validation error in results.json ({SORT_KEY})"
     dataset, label = _dataset(job_dir, results)
+    hydra = _load_yaml(job_dir / ".hydra" / "hydra.yaml", omegaconf=True)
     return Job(
         folder=job_dir,
         name=name,
@@ -159,7 +162,8 @@ def read_job(job_dir: Path, sweep: Path) -> Job:
         results=results,
         dataset=dataset,
         dataset_label=label,
-        study=_study(job_dir),
+        study=_study(hydra),
+        choices=_choices(hydra),
     )
 
 
@@ -198,8 +202,21 @@ def _dataset(job_dir: Path, results: dict) -> tuple[str, str]:
     return dataset, label
 
 
-def _study(job_dir: Path) -> Study | None:
-    hydra = _load_yaml(job_dir / ".hydra" / "hydra.yaml", omegaconf=True)
+def _choices(hydra) -> dict:
+    """The job's config group choices from its loaded `hydra.yaml` ({} when unreadable)."""
+    if hydra is None:
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        choices = OmegaConf.select(hydra, "hydra.runtime.choices", default=None)
+        return dict(OmegaConf.to_container(choices)) if choices is not None else {}
+    except Exception:  # noqa: BLE001 - an unresolvable record: no choices, the job still counts
+        return {}
+
+
+def _study(hydra) -> Study | None:
+    """The Optuna study a job's loaded `hydra.yaml` says it was a trial of, if any."""
     if hydra is None:
         return None
     from omegaconf import OmegaConf
@@ -290,12 +307,14 @@ def with_composed_values(job: Job, keys: Sequence[str]) -> Job:
     missing = [key for key in keys if key not in job.overrides]
     if not missing:
         return job
-    hydra = _load_yaml(job.folder / ".hydra" / "hydra.yaml") or {}
-    choices = OmegaConf.select(OmegaConf.create(hydra), "hydra.runtime.choices", default={}) or {}
     config = OmegaConf.create(_load_yaml(job.folder / ".hydra" / "config.yaml") or {})
     filled = dict(job.overrides)
     for key in missing:
-        value = choices.get(key) if key in choices else OmegaConf.select(config, key, default=None)
+        value = (
+            job.choices.get(key)
+            if key in job.choices
+            else OmegaConf.select(config, key, default=None)
+        )
         filled[key] = "-" if value is None or OmegaConf.is_config(value) else str(value)
     return replace(job, overrides=filled)
 
