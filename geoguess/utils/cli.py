@@ -22,7 +22,7 @@ def user_errors(main: Callable) -> Callable:
     def wrapper(cfg, *args, **kwargs):
         from geoguess.utils.allocator import keep_freed_memory
 
-        keep_freed_memory()  # see allocator.py: CPU steps ran 2.7x faster
+        keep_freed_memory()  # CPU passes stop page-faulting their activations (allocator.py)
         try:
             check_missing(cfg)
             return main(cfg, *args, **kwargs)
