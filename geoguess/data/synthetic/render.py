@@ -40,7 +40,10 @@ SEA_DEPTH = np.float32(5e4)
 
 # The edge of a wood, by the tree form that makes it up.
 WOOD_STYLES = {"cypress": "cypresses", "pine": "umbrella", "olive": "macchia", "fir": "conifer",
-               "deciduous": "round", "poplar": "poplars"}  # fmt: skip
+               "deciduous": "round", "poplar": "poplars", "palm": "macchia"}  # fmt: skip
+# Trees planted in rows along roads (poplars inland, cypresses and palms on the southern coast):
+# a row appears with this multiple of the form's share.
+ROW_FORMS = {"poplar": 2.5, "cypress": 1.0, "palm": 2.0}
 # Season keyframes (0 early spring, 0.25 early summer, 0.5 late summer, 0.7 autumn, 0.85
 # winter; cyclic) of the colours that change through the year.
 SEASON_KEYS = np.array([0.0, 0.25, 0.5, 0.7, 0.85, 1.0])
@@ -226,20 +229,42 @@ def draw_layout(scene, palette: Palette, rng: np.random.Generator) -> Layout:
 
 
 def _place_landmarks(layout: Layout, scene, edge: float, rng) -> None:
-    """A region's own things: kazuni (round stone huts) in Istria, haystacks in mountain meadows."""
+    """A region's own things (`style.ZONE_EXTRAS`), each with its zone's chance."""
     if rng.random() < scene["kazun"]:
-        for _ in range(int(rng.integers(1, 3))):
-            side = rng.choice((1.0, -1.0))
-            layout.sprites.append(
-                ("kazun", rng.uniform(-60, 60), side * (edge + rng.uniform(3, 20)), {})
-            )
+        for _ in range(int(rng.integers(2, 5))):
+            _put_near_road(layout, "kazun", edge, rng, 40, (2, 12), {})
     if rng.random() < scene["haystacks"]:
         for _ in range(1 + rng.poisson(3)):
-            side = rng.choice((1.0, -1.0))
-            params = {"height": rng.uniform(2.8, 4.2)}
-            layout.sprites.append(
-                ("haystack", rng.uniform(-80, 80), side * (edge + rng.uniform(3, 40)), params)
-            )
+            _put_near_road(layout, "haystack", edge, rng, 80, (3, 40),
+                           {"height": rng.uniform(2.8, 4.2)})  # fmt: skip
+    for kind in ("campanile", "onion_tower", "spire"):
+        if rng.random() < scene[kind]:  # the village church, among the houses by the road
+            params = {"height": rng.uniform(28, 40), "width": rng.uniform(4.5, 6.5),
+                      "plaster": int(rng.integers(len(PLASTERS))), "shade": rng.uniform(0.85, 1.1)}  # fmt: skip
+            along = rng.choice((1.0, -1.0)) * rng.uniform(25, 90)
+            across = rng.choice((1.0, -1.0)) * (edge + rng.uniform(3, 10))
+            layout.sprites.append((kind, along, across, params))
+    if rng.random() < scene["wind_farm"]:  # a row of turbines along a ridge
+        along, side = rng.uniform(-300, 300), rng.choice((1.0, -1.0))
+        across, spacing = side * rng.uniform(120, 300), rng.uniform(110, 180)
+        for k in range(int(rng.integers(2, 7))):
+            params = {"hub": rng.uniform(90, 120), "phase": rng.uniform(0, 2 * np.pi / 3)}
+            layout.sprites.append(("turbine", along + k * spacing, across, params))
+    if rng.random() < scene["well_sweep"]:
+        for _ in range(int(rng.integers(2, 4))):
+            params = {"tilt": rng.uniform(20, 40), "mirror": rng.choice((1.0, -1.0))}
+            _put_near_road(layout, "well_sweep", edge, rng, 50, (3, 15), params)
+    if rng.random() < scene["hayrack"]:
+        for _ in range(int(rng.integers(2, 4))):
+            params = {"width": rng.uniform(7, 12), "bays": int(rng.integers(2, 5))}
+            _put_near_road(layout, "hayrack", edge, rng, 50, (3, 15), params)
+
+
+def _put_near_road(layout: Layout, kind: str, edge: float, rng, reach: float, off, params):
+    """One sprite within `reach` metres along the road, `off` metres beyond its edge."""
+    side = rng.choice((1.0, -1.0))
+    across = side * (edge + rng.uniform(*off))
+    layout.sprites.append((kind, rng.uniform(-reach, reach), across, params))
 
 
 def _road_bearing(scene, rng: np.random.Generator) -> float:
@@ -369,16 +394,17 @@ def _place_trees(layout: Layout, scene, edge: float, rng) -> None:
         along = rng.uniform(-110, 110)
         across = rng.choice((1.0, -1.0)) * (edge + 1 + rng.exponential(14))
         layout.sprites.append(("tree", along, across, _tree_params(form, rng)))
-    if scene["tree_forms"][5] > 0.15 and rng.random() < 2.5 * scene["tree_forms"][5]:
-        # Poplars planted in a row along the road.
-        across = rng.choice((1.0, -1.0)) * (edge + rng.uniform(1, 5))
-        for along in np.arange(-150 + rng.uniform(0, 9), 150, rng.uniform(7, 10)):
-            layout.sprites.append(("tree", along, across, _tree_params("poplar", rng)))
+    for form, keenness in ROW_FORMS.items():
+        share = float(scene["tree_forms"][TREE_FORMS.index(form)])
+        if share > 0.15 and rng.random() < keenness * share:  # planted in a row by the road
+            across = rng.choice((1.0, -1.0)) * (edge + rng.uniform(1, 5))
+            for along in np.arange(-150 + rng.uniform(0, 9), 150, rng.uniform(7, 10)):
+                layout.sprites.append(("tree", along, across, _tree_params(form, rng)))
 
 
 def _tree_params(form: str, rng) -> dict:
     heights = {"cypress": (7, 14), "pine": (8, 15), "olive": (2.8, 5), "fir": (12, 24),
-               "deciduous": (7, 16), "poplar": (15, 24)}  # fmt: skip
+               "deciduous": (7, 16), "poplar": (15, 24), "palm": (5, 10)}  # fmt: skip
     return {"form": form, "height": rng.uniform(*heights[form]), "shade": rng.uniform(0.8, 1.15)}
 
 
@@ -894,6 +920,9 @@ def _paint_tree(sp: Sprite, params, palette: Palette) -> None:
     form, height = params["form"], params["height"]
     if height * sp.ppm < 1.5:
         return
+    if form == "palm":
+        _paint_palm(sp, params, palette)
+        return
     tone = {"cypress": 0.85, "pine": 1.1, "fir": 0.92, "olive": 1.0}
     if form == "olive":  # silvery grey-green leaves
         foliage = palette.evergreen * 0.6 + OLIVE_RGB * 0.4
@@ -1085,6 +1114,137 @@ def _paint_haystack(sp: Sprite, params, palette: Palette) -> None:
            sp.sun_side(xm, 1.3))  # fmt: skip
 
 
+def _paint_palm(sp: Sprite, params, palette: Palette) -> None:
+    """A palm of the southern coast: a thin bent trunk under a star of drooping fronds."""
+    height = params["height"]
+    radius = 0.45 * height
+    box = sp.box(-radius, height + radius, radius + 0.08 * height, 0)
+    if box is None:
+        return
+    bounds, xm, ym = box
+    lean = 0.08 * height * (ym / height) ** 2
+    trunk = (np.abs(xm - lean) < max(0.18, 0.5 / sp.ppm)) & (ym < height)
+    dx, dy = xm - 0.08 * height, ym - height
+    angle = np.arctan2(dy, dx)
+    reach = radius * (0.75 + 0.25 * np.sin(angle))  # fronds droop: shorter below
+    fronds = (np.hypot(dx, dy) < reach) & (np.cos(9 * angle + params["shade"] * 20) > 0.1)
+    sp.put(bounds, trunk, TIMBER_RGB * 0.8)
+    sp.put(bounds, fronds, palette.evergreen * params["shade"], sp.sun_side(xm, radius))
+
+
+def _tower_shaft(sp: Sprite, params, colour):
+    """A square church tower's shaft with its belfry openings; returns the box or None."""
+    height, width = params["height"], params["width"]
+    half = width / 2
+    box = sp.box(-half - 0.4, height * 1.9, half + 0.4, 0)
+    if box is None or height * sp.ppm < 3:
+        return None
+    bounds, xm, ym = box
+    shaft = (np.abs(xm) <= half) & (ym < height)
+    sp.put(bounds, shaft, colour, sp.sun_side(xm, half))
+    belfry = (np.abs(np.abs(xm) - half / 2) < half / 4) & (ym > height - 3.2) & (ym < height - 1)
+    sp.put(bounds, belfry, np.float32([40, 38, 36]))
+    return bounds, xm, ym
+
+
+def _paint_campanile(sp: Sprite, params, palette) -> None:
+    """The coast's stone bell tower under a low pyramid roof."""
+    stone = STONE_WALL_RGB * params["shade"]
+    box = _tower_shaft(sp, params, stone)
+    if box is None:
+        return
+    bounds, xm, ym = box
+    height, half = params["height"], params["width"] / 2 + 0.3
+    roof = (ym >= height) & (np.abs(xm) < half * (1 - (ym - height) / (0.9 * half)))
+    sp.put(bounds, roof, ROOFS[1] * params["shade"], sp.sun_side(xm, half))
+
+
+def _paint_onion_tower(sp: Sprite, params, palette) -> None:
+    """A baroque plastered tower under an onion dome and a lantern spike."""
+    box = _tower_shaft(sp, params, PLASTERS[params["plaster"]] * params["shade"])
+    if box is None:
+        return
+    bounds, xm, ym = box
+    height, half = params["height"], params["width"] / 2
+    v = (ym - height) / (1.4 * half)  # 0..1 over the dome
+    bulb = half * 1.3 * np.clip(np.sin(np.pi * np.clip(v, 0, 1)), 0, 1) ** 0.6 * (1.25 - 0.6 * v)
+    dome = (v >= 0) & (v < 1) & (np.abs(xm) < np.maximum(bulb, 0.15))
+    spike = (v >= 1) & (v < 1.5) & (np.abs(xm) < max(0.12, 0.5 / sp.ppm))
+    sp.put(bounds, dome | spike, np.float32([66, 92, 82]), sp.sun_side(xm, half))
+
+
+def _paint_spire(sp: Sprite, params, palette) -> None:
+    """Slavonia's neo-Gothic tower: a plastered shaft under a tall, needle-like spire."""
+    box = _tower_shaft(sp, params, PLASTERS[params["plaster"]] * params["shade"])
+    if box is None:
+        return
+    bounds, xm, ym = box
+    height, half = params["height"], params["width"] / 2 + 0.2
+    rise = 0.9 * height
+    spire = (ym >= height) & (np.abs(xm) < half * (1 - (ym - height) / rise))
+    sp.put(bounds, spire, np.float32([58, 62, 68]), sp.sun_side(xm, half))
+
+
+def _paint_turbine(sp: Sprite, params, palette) -> None:
+    """A wind turbine: a tapering white tower and three blades."""
+    hub, blade = params["hub"], 0.48 * params["hub"]
+    box = sp.box(-blade, hub + blade, blade, 0)
+    if box is None or hub * sp.ppm < 4:
+        return
+    bounds, xm, ym = box
+    thick = max(1.5, 1.2 / sp.ppm)  # at least a pixel wide: thinner would vanish at 64 px
+    tower = (np.abs(xm) < np.maximum(thick, 2.2 * (1 - 0.5 * ym / hub))) & (ym < hub)
+    dx, dy = xm, ym - hub
+    r = np.hypot(dx, dy)
+    blades = np.zeros_like(tower)
+    for k in range(3):
+        a = params["phase"] + k * 2 * np.pi / 3
+        along = dx * np.cos(a) + dy * np.sin(a)
+        off = np.abs(-dx * np.sin(a) + dy * np.cos(a))
+        blades |= (
+            (along > 0) & (along < blade) & (off < np.maximum(thick, 1.6 * (1 - along / blade)))
+        )
+    white = np.float32([232, 234, 236])
+    sp.put(bounds, tower | blades | (r < 2.2), white, sp.sun_side(xm, 2.2))
+
+
+def _paint_well_sweep(sp: Sprite, params, palette) -> None:
+    """Slavonia's đeram: a post carrying a long tilted pole, a rope down to the well."""
+    box = sp.box(-7.5, 9.2, 7.5, 0)
+    if box is None or sp.ppm < 0.8:
+        return
+    bounds, xm, ym = box
+    xm = xm * params["mirror"]
+    thick = max(0.12, 0.45 / sp.ppm)
+    post = (np.abs(xm) < thick * 1.4) & (ym < 4.2)
+    a = np.radians(params["tilt"])  # the pole pivots on the post and rises towards the well
+    along = xm * np.cos(a) + (ym - 4.2) * np.sin(a)
+    off = np.abs(-xm * np.sin(a) + (ym - 4.2) * np.cos(a))
+    pole = (along > -2.5) & (along < 7.5) & (off < thick)
+    tip_x, tip_y = 7.5 * np.cos(a), 4.2 + 7.5 * np.sin(a)
+    rope = (np.abs(xm - tip_x) < thick * 0.7) & (ym > 0.9) & (ym < tip_y)
+    well = (np.abs(xm - tip_x) < 0.7) & (ym < 0.9)
+    sp.put(bounds, post | pole | rope, TIMBER_RGB * 0.7)
+    sp.put(bounds, well, STONE_WALL_RGB * 0.8)
+
+
+def _paint_hayrack(sp: Sprite, params, palette) -> None:
+    """A kozolec: posts carrying horizontal slats under a narrow roof."""
+    width, bays = params["width"], params["bays"]
+    half = width / 2
+    box = sp.box(-half - 0.6, 5.6, half + 0.6, 0)
+    if box is None or sp.ppm < 0.8:
+        return
+    bounds, xm, ym = box
+    thick = max(0.15, 0.45 / sp.ppm)
+    pitch = width / bays
+    post = (np.abs(((xm + half + pitch / 2) % pitch) - pitch / 2) < thick) & (np.abs(xm) <= half)
+    slats = (np.abs(xm) <= half) & (ym > 1.0) & (ym < 4.6) & ((ym % 0.55) < max(0.18, 0.8 / sp.ppm))
+    roof = (ym >= 4.6) & (ym < 5.5) & (np.abs(xm) < half + 0.6 - (ym - 4.6) * 0.6)
+    sp.put(bounds, (post & (ym < 4.6)) | slats, TIMBER_RGB * 0.75)
+    sp.put(bounds, roof, ROOFS[3], sp.sun_side(xm, half))
+
+
 _SPRITES = {
     "kazun": _paint_kazun,
     "haystack": _paint_haystack,
@@ -1097,6 +1257,12 @@ _SPRITES = {
     "pole": _paint_pole,
     "sign": _paint_sign,
     "shrub": _paint_shrub,
+    "campanile": _paint_campanile,
+    "onion_tower": _paint_onion_tower,
+    "spire": _paint_spire,
+    "turbine": _paint_turbine,
+    "well_sweep": _paint_well_sweep,
+    "hayrack": _paint_hayrack,
 }
 
 

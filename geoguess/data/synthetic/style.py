@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TREE_FORMS = ("cypress", "pine", "olive", "fir", "deciduous", "poplar")
+TREE_FORMS = ("cypress", "pine", "olive", "fir", "deciduous", "poplar", "palm")
 FIELD_KINDS = ("meadow", "maize", "vineyard", "olive_grove", "karst", "wood", "ploughed")
 HOUSE_FORMS = ("stone", "gable", "alpine", "long")
 ZONES = (
@@ -27,19 +27,19 @@ WOOD_SHARE, PLOUGHED_SHARE = 0.25, 0.15
 # Rows: ZONES. Tree forms in the order of TREE_FORMS.
 ZONE_TREES = np.array(
     [
-        [0.05, 0.35, 0.20, 0.00, 0.40, 0.00],
-        [0.05, 0.55, 0.10, 0.00, 0.30, 0.00],
-        [0.15, 0.20, 0.55, 0.00, 0.10, 0.00],
-        [0.35, 0.45, 0.20, 0.00, 0.00, 0.00],
-        [0.70, 0.15, 0.15, 0.00, 0.00, 0.00],
-        [0.10, 0.15, 0.10, 0.05, 0.60, 0.00],
-        [0.00, 0.05, 0.00, 0.55, 0.40, 0.00],
-        [0.00, 0.00, 0.00, 0.85, 0.15, 0.00],
-        [0.00, 0.00, 0.00, 0.10, 0.85, 0.05],
-        [0.00, 0.00, 0.00, 0.10, 0.75, 0.15],
-        [0.00, 0.00, 0.00, 0.00, 0.45, 0.55],
-        [0.00, 0.00, 0.00, 0.05, 0.75, 0.20],
-        [0.00, 0.00, 0.00, 0.00, 0.25, 0.75],
+        [0.05, 0.35, 0.20, 0.00, 0.40, 0.00, 0.00],
+        [0.05, 0.50, 0.10, 0.00, 0.30, 0.00, 0.05],
+        [0.15, 0.20, 0.55, 0.00, 0.10, 0.00, 0.00],
+        [0.30, 0.45, 0.15, 0.00, 0.00, 0.00, 0.10],
+        [0.55, 0.10, 0.10, 0.00, 0.00, 0.00, 0.25],
+        [0.10, 0.15, 0.10, 0.05, 0.60, 0.00, 0.00],
+        [0.00, 0.05, 0.00, 0.30, 0.65, 0.00, 0.00],
+        [0.00, 0.00, 0.00, 0.85, 0.15, 0.00, 0.00],
+        [0.00, 0.00, 0.00, 0.10, 0.85, 0.05, 0.00],
+        [0.00, 0.00, 0.00, 0.10, 0.75, 0.15, 0.00],
+        [0.00, 0.00, 0.00, 0.00, 0.45, 0.55, 0.00],
+        [0.00, 0.00, 0.00, 0.05, 0.75, 0.20, 0.00],
+        [0.00, 0.00, 0.00, 0.00, 0.25, 0.75, 0.00],
     ]
 )
 # Crops and pastures: meadow, maize, vineyard, olive grove, stony pasture (FIELD_KINDS[:5]).
@@ -79,16 +79,27 @@ ZONE_HOUSES = np.array(
     ]
 )
 # Per zone: the chance of a dry-stone wall along a side of the road, of a wooden fence (where
-# there is no wall: a side of the road is rarely bare anywhere), of the zone's landmarks (a
-# kazun, the round stone hut of Istria; haystacks in the mountain meadows), and how bare and
-# rocky the karst is.
+# there is no wall: a side of the road is rarely bare anywhere), of the zone's landmarks, and
+# how bare and rocky the karst is. The landmarks are what a player looks for: the kazun (the
+# round stone hut of Istria), the coast's stone bell towers (campanile), the continental
+# north's baroque onion domes, Slavonia's tall neo-Gothic spires and its well sweeps (đeram),
+# the wind farms on the ridges behind Dalmatia, hayracks (kozolec) in Gorski kotar and
+# haystacks in the mountain meadows. Each is shared by neighbouring zones and missing from
+# many of a zone's locations: a strong hint, never a decision.
+#                      ist   kva   ndal  cdal  sdal  zag   lika  gor   nw    cen   podr  wsl   esl
 ZONE_EXTRAS = {
-    "walls": np.array([0.6, 0.8, 0.85, 0.6, 0.5, 0.8, 0.35, 0.05, 0, 0, 0, 0, 0]),
-    "fences": np.array([0.1, 0.05, 0.05, 0.1, 0.1, 0.1, 0.45, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6]),
-    "kazun": np.array([0.6, 0.05, 0.1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-    "haystacks": np.array([0, 0, 0, 0, 0, 0.05, 0.6, 0.3, 0.05, 0.15, 0.05, 0, 0]),
-    "rock": np.array([0.3, 0.8, 0.6, 0.7, 0.5, 0.7, 0.4, 0, 0, 0, 0, 0, 0]),
-}
+    "walls":   np.array([0.6,  0.8,  0.85, 0.6,  0.5,  0.8,  0.35, 0.05, 0,    0,    0,    0,    0]),
+    "fences":  np.array([0.1,  0.05, 0.05, 0.1,  0.1,  0.1,  0.45, 0.5,  0.6,  0.6,  0.6,  0.6,  0.6]),
+    "kazun":   np.array([0.75, 0.05, 0.1,  0,    0,    0,    0,    0,    0,    0,    0,    0,    0]),
+    "haystacks": np.array([0,  0,    0,    0,    0,    0.05, 0.6,  0.3,  0.05, 0.15, 0.05, 0,    0]),
+    "rock":    np.array([0.3,  0.8,  0.6,  0.7,  0.5,  0.7,  0.4,  0,    0,    0,    0,    0,    0]),
+    "campanile": np.array([0.5, 0.6,  0.55, 0.65, 0.65, 0.3,  0,    0,    0,    0,    0,    0,    0]),
+    "onion_tower": np.array([0, 0,    0,    0,    0,    0,    0.15, 0.2,  0.7,  0.5,  0.5,  0.15, 0]),
+    "spire":   np.array([0,    0,    0,    0,    0,    0,    0,    0,    0,    0.1,  0.15, 0.55, 0.7]),
+    "wind_farm": np.array([0,  0.1,  0.35, 0.25, 0,    0.6,  0.05, 0,    0,    0,    0,    0,    0]),
+    "well_sweep": np.array([0, 0,    0,    0,    0,    0,    0,    0,    0,    0,    0.3,  0.35, 0.6]),
+    "hayrack": np.array([0,    0.05, 0,    0,    0,    0,    0.3,  0.7,  0.2,  0.05, 0,    0,    0]),
+}  # fmt: skip
 
 
 def zone_style(zone: int) -> dict[str, np.ndarray | float]:

@@ -140,7 +140,7 @@ CITIES = (
     ("Vukovar", 45.350, 19.000, 0.3, 4),
 )
 
-GENERATOR_VERSION = "synthetic-v2"  # bump when the output of a given seed changes
+GENERATOR_VERSION = "synthetic-v2.1"  # bump when the output of a given seed changes
 # Zone weights are raised to this power: a location is mostly of one zone, blended at borders.
 ZONE_SHARPNESS = 4.0
 
@@ -323,25 +323,40 @@ def coast_parallel_bearing(world: World, x: np.ndarray, y: np.ndarray) -> np.nda
 
 
 def zones(lat, lon, sea_km, elevation) -> np.ndarray:
-    """(n, 13) smooth weights of the landscape zones (`style.ZONES`) at each location."""
+    """(n, 13) smooth weights of the landscape zones (`style.ZONES`) at each location.
+
+    Istria (the whole peninsula, coast and interior) and Gorski kotar (the wooded highlands
+    between Rijeka and Karlovac) are cut out first; the rest is the coast from north to south,
+    the karst hinterland (Zagora, then Lika) and the continental north.
+    """
     region = regions(lat, lon, sea_km, elevation)
-    med, karst = region["med"], region["karst"]
-    # The coast from north to south, the karst hinterland, the continental north.
+    med, karst, istria = region["med"], region["karst"], region["istria"]
+    gorski = (
+        _sigmoid((lat - 45.17) / 0.06)
+        * _sigmoid((15.4 - lon) / 0.08)
+        * _sigmoid((lon - 14.4) / 0.05)
+    )
     coast = _split(
-        [region["istria"], _sigmoid((lat - 44.5) / 0.12), _sigmoid((lat - 43.62) / 0.1),
-         _sigmoid((lat - 43.1) / 0.1)]
-    )  # fmt: skip
+        [_sigmoid((lat - 44.5) / 0.12), _sigmoid((lat - 43.62) / 0.1), _sigmoid((lat - 43.1) / 0.1)]
+    )  # Kvarner, northern, central and southern Dalmatia
     hinterland = _split([_sigmoid((44.2 - lat) / 0.15)])  # Zagora, then Lika
-    gorski = _sigmoid((15.3 - lon) / 0.12) * _sigmoid((45.72 - lat) / 0.08)
     northwest = _sigmoid((lat - 45.7) / 0.1) * _sigmoid((16.7 - lon) / 0.2)
     east = _sigmoid((lon - 18.2) / 0.15)
     podravina = _sigmoid((lat - 45.75) / 0.12)
     west = _sigmoid((lon - 17.0) / 0.2)
-    north = _split([gorski, northwest, east, podravina, west])  # the rest is central
-    north = north[[0, 1, 5, 3, 4, 2]]  # in the order of style.ZONES
-    inland = (1 - med) * karst
-    rest = (1 - med) * (1 - karst)
-    weights = np.concatenate([med * coast, inland * hinterland, rest * north])
+    north = _split([northwest, east, podravina, west])  # the rest is central
+    north = north[[0, 4, 2, 3, 1]]  # in the order of style.ZONES
+    mainland = 1 - istria
+    inland = mainland * (1 - med) * (1 - gorski)
+    weights = np.concatenate(
+        [
+            istria[None],
+            mainland * med * coast,
+            inland * karst * hinterland,
+            (mainland * (1 - med) * gorski)[None],
+            inland * (1 - karst) * north,
+        ]
+    )
     return (weights / weights.sum(axis=0)).T
 
 
