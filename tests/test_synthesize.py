@@ -41,6 +41,9 @@ OSIJEK = (45.55, 18.69)  # the Pannonian plain
 DUBROVNIK = (42.65, 18.09)
 DELNICE = (45.40, 14.80)  # Gorski kotar: fir and spruce
 ROVINJ = (45.08, 13.66)
+PAZIN = (45.24, 13.94)  # inland Istria
+OZALJ = (45.61, 15.47)  # on the Slovenian border north of Karlovac: not Gorski kotar
+SENJ = (44.99, 14.91)  # the Kvarner coast under Velebit, where the bura blows
 
 
 @pytest.fixture(scope="module")
@@ -181,19 +184,35 @@ def test_regional_style_follows_the_real_geography(croatia):
     assert not {"sky", "cloudiness", "ground", "tree", "roof", "wall"} & set(scenes)
 
 
+def test_zones_cut_istria_and_gorski_kotar_where_they_lie(croatia):
+    """Inland Istria is Istria (v2 drew it as Lika), Gorski kotar lies between Rijeka and
+    Karlovac (v2 drew it along the Slovenian border), and each zone's landmarks go with it."""
+    lat, lon = np.array((PAZIN, OZALJ, SENJ, DELNICE)).T
+    scenes = scene_parameters(build_world(croatia), lat, lon)
+    zone = [ZONES[i] for i in scenes["zones"].argmax(axis=1)]
+    assert zone[0] == "istria" and zone[2] == "kvarner" and zone[3] == "gorski_kotar"
+    assert zone[1] in ("northwest", "central")
+    style = expected_style(scenes["zones"])
+    pazin, ozalj, senj, delnice = range(4)
+    assert style["kazun"][pazin] > 0.5 > 0.05 > style["kazun"][[ozalj, senj, delnice]].max()
+    assert style["wind_screen"][senj] > 0.5 > 0.05 > style["wind_screen"][[pazin, ozalj]].max()
+    assert style["hayrack"][delnice] > 0.5 > style["hayrack"][[pazin, senj]].max()
+    assert style["onion_tower"][ozalj] > 0.4 > 0.05 > style["onion_tower"][[pazin, senj]].max()
+
+
 def test_locations_are_prefix_stable_and_uuids_versioned(croatia):
     lat, lon = sample_locations(croatia, 40, seed=2)
     lat30, lon30 = sample_locations(croatia, 30, seed=2)
     np.testing.assert_array_equal(lat[:30], lat30)
     np.testing.assert_array_equal(lon[:30], lon30)
     assert croatia.contains(lat, lon).all()
-    expected = uuid5(UUID("5f0c8d3e-7a51-4d0b-9a8e-3c2b1f6e4d27"), "synthetic-v2/2/0")
+    expected = uuid5(UUID("5f0c8d3e-7a51-4d0b-9a8e-3c2b1f6e4d27"), "synthetic-v3/2/0")
     assert location_uuids(1, 2) == [str(expected)]
 
 
 def test_dataset_key_names_every_setting_and_the_boundary_bytes(tmp_path, croatia):
     key = dataset_key(croatia, 2000, 0, 128)
-    assert re.fullmatch(r"synthetic-v2-n2000-seed0-128px-[0-9a-f]{12}", key)
+    assert re.fullmatch(r"synthetic-v3-n2000-seed0-128px-[0-9a-f]{12}", key)
     assert dataset_key(croatia, 2000, 1, 128) == key.replace("seed0", "seed1")
     # The same bytes under another path: the same key; one changed coordinate: another key.
     copy = tmp_path / "copy.geojson"

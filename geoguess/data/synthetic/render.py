@@ -250,6 +250,11 @@ def _place_landmarks(layout: Layout, scene, edge: float, rng) -> None:
         for k in range(int(rng.integers(2, 7))):
             params = {"hub": rng.uniform(90, 120), "phase": rng.uniform(0, 2 * np.pi / 3)}
             layout.sprites.append(("turbine", along + k * spacing, across, params))
+    if rng.random() < scene["wind_screen"]:  # the bura's barrier, close to the road
+        a0 = -rng.uniform(20, 120)
+        across = rng.choice((1.0, -1.0)) * (layout.half_width + rng.uniform(1.0, 2.0))
+        height = rng.uniform(3.0, 4.5)
+        layout.lines.append(("wind_screen", across, a0, a0 + rng.uniform(80, 240), height, {}))
     if rng.random() < scene["well_sweep"]:
         for _ in range(int(rng.integers(2, 4))):
             params = {"tilt": rng.uniform(20, 40), "mirror": rng.choice((1.0, -1.0))}
@@ -370,7 +375,7 @@ def _place_road_furniture(layout: Layout, scene, edge: float, rng) -> None:
 
 
 def _place_houses(layout: Layout, scene, edge: float, rng) -> None:
-    count = rng.poisson(0.3 + 10.0 * float(scene["settlement"]))
+    count = rng.poisson(2.0 + 8.0 * float(scene["settlement"]))
     for _ in range(count):
         form = HOUSE_FORMS[_choice(rng, scene["house_forms"])]
         along = rng.uniform(-100, 100)
@@ -712,7 +717,8 @@ def _cross_depth(view: View, layout: Layout, along: float):
 
 
 def _paint_line(canvas, zbuf, view: View, layout, line, palette, light: Light, land_limit):
-    """A structure of given height along the road: wall, guard rail, maize, vines, trees."""
+    """A structure of given height along the road: wall, guard rail, wind screen, maize, vines,
+    trees."""
     kind, offset, a0, a1, height, params = line
     s, f, horizon = view.size, view.focal, view.horizon
     if params.get("across_road"):  # straight, at a fixed distance along the road
@@ -748,6 +754,8 @@ def _paint_line(canvas, zbuf, view: View, layout, line, palette, light: Light, l
         post = ((along / 2.5) % 1.0 < 0.08 + 0.5 / np.maximum(f / lam, 0.5))[None, :]
         rail = (np.abs(v_rows - 0.15) < 0.07) | (np.abs(v_rows - 0.55) < 0.07)
         mask &= post | rail
+    if kind == "wind_screen":  # upright slats with narrow slits between them
+        mask &= ((along / 0.6) % 1.0 > 0.2 - 0.1 * np.minimum(lam / 40, 1))[None, :]
     mask &= lam[None, :] < zbuf[r0:r1]
     if not mask.any():
         return
@@ -821,6 +829,11 @@ def _line_colour(kind, along, v, lam, palette: Palette, params) -> np.ndarray:
             colour = np.where((leaf > 0.55)[..., None], TIMBER_RGB, palette.soil)
         post = (a % 5.0) < 0.3
         return np.where(post[..., None], np.float32(150.0), colour)
+    if kind == "wind_screen":  # grey panels on steel posts
+        post = (a % 4.0) < 0.25
+        return np.where(
+            post[..., None], METAL_RGB * 0.7, METAL_RGB * 0.85 * (0.9 + 0.2 * v[..., None])
+        )
     if kind == "fence":
         return TIMBER_RGB * 1.3 * (0.85 + 0.3 * _hash_noise(a / 2.5, v * 2))[..., None]
     leaf = _hash_noise(a / 1.2, v * 10)

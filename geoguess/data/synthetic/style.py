@@ -23,6 +23,9 @@ ZONES = (
 # A wood and a ploughed field are equally likely everywhere (what differs is what grows there),
 # so that the amount of woodland says nothing; the rest is the zone's crops and pastures.
 WOOD_SHARE, PLOUGHED_SHARE = 0.25, 0.15
+# The tables' shares are raised to this power (and renormalised): a zone's main tree, crop and
+# house forms dominate its locations, its minor ones stay as noise.
+STYLE_SHARPNESS = 3.0
 
 # Rows: ZONES. Tree forms in the order of TREE_FORMS.
 ZONE_TREES = np.array(
@@ -84,35 +87,44 @@ ZONE_HOUSES = np.array(
 # round stone hut of Istria), the coast's stone bell towers (campanile), the continental
 # north's baroque onion domes, Slavonia's tall neo-Gothic spires and its well sweeps (đeram),
 # the wind farms on the ridges behind Dalmatia, hayracks (kozolec) in Gorski kotar and
-# haystacks in the mountain meadows. Each is shared by neighbouring zones and missing from
+# haystacks in the mountain meadows, the bura's wind screens along the roads of Kvarner and
+# under Velebit. Each is shared by neighbouring zones and missing from
 # many of a zone's locations: a strong hint, never a decision.
-#                      ist   kva   ndal  cdal  sdal  zag   lika  gor   nw    cen   podr  wsl   esl
+#                        ist   kva   ndal  cdal  sdal  zag   lika  gor   nw    cen   podr  wsl   esl
 ZONE_EXTRAS = {
-    "walls":   np.array([0.6,  0.8,  0.85, 0.6,  0.5,  0.8,  0.35, 0.05, 0,    0,    0,    0,    0]),
-    "fences":  np.array([0.1,  0.05, 0.05, 0.1,  0.1,  0.1,  0.45, 0.5,  0.6,  0.6,  0.6,  0.6,  0.6]),
-    "kazun":   np.array([0.75, 0.05, 0.1,  0,    0,    0,    0,    0,    0,    0,    0,    0,    0]),
-    "haystacks": np.array([0,  0,    0,    0,    0,    0.05, 0.6,  0.3,  0.05, 0.15, 0.05, 0,    0]),
-    "rock":    np.array([0.3,  0.8,  0.6,  0.7,  0.5,  0.7,  0.4,  0,    0,    0,    0,    0,    0]),
-    "campanile": np.array([0.5, 0.6,  0.55, 0.65, 0.65, 0.3,  0,    0,    0,    0,    0,    0,    0]),
-    "onion_tower": np.array([0, 0,    0,    0,    0,    0,    0.15, 0.2,  0.7,  0.5,  0.5,  0.15, 0]),
-    "spire":   np.array([0,    0,    0,    0,    0,    0,    0,    0,    0,    0.1,  0.15, 0.55, 0.7]),
-    "wind_farm": np.array([0,  0.1,  0.35, 0.25, 0,    0.6,  0.05, 0,    0,    0,    0,    0,    0]),
-    "well_sweep": np.array([0, 0,    0,    0,    0,    0,    0,    0,    0,    0,    0.3,  0.35, 0.6]),
-    "hayrack": np.array([0,    0.05, 0,    0,    0,    0,    0.3,  0.7,  0.2,  0.05, 0,    0,    0]),
+    "walls":       np.array([0.6,  0.8,  0.85, 0.6,  0.5,  0.8,  0.35, 0.05, 0,    0,    0,    0,    0]),
+    "fences":      np.array([0.1,  0.05, 0.05, 0.1,  0.1,  0.1,  0.45, 0.5,  0.6,  0.6,  0.6,  0.6,  0.6]),
+    "kazun":       np.array([0.85, 0.05, 0.15, 0,    0,    0,    0,    0,    0,    0,    0,    0,    0]),
+    "haystacks":   np.array([0,    0,    0,    0,    0,    0.05, 0.85, 0.3,  0.05, 0.2,  0.05, 0,    0]),
+    "rock":        np.array([0.3,  0.8,  0.6,  0.7,  0.5,  0.7,  0.4,  0,    0,    0,    0,    0,    0]),
+    "campanile":   np.array([0.5,  0.4,  0.3,  0.8,  0.6,  0.2,  0,    0,    0,    0,    0,    0,    0]),
+    "onion_tower": np.array([0,    0,    0,    0,    0,    0,    0.1,  0.2,  0.85, 0.6,  0.5,  0.15, 0]),
+    "spire":       np.array([0,    0,    0,    0,    0,    0,    0,    0,    0,    0.1,  0.2,  0.7,  0.85]),
+    "wind_farm":   np.array([0,    0.1,  0.5,  0.2,  0,    0.8,  0.05, 0,    0,    0,    0,    0,    0]),
+    "wind_screen": np.array([0,    0.8,  0.2,  0,    0,    0,    0.1,  0,    0,    0,    0,    0,    0]),
+    "well_sweep":  np.array([0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0.5,  0.3,  0.7]),
+    "hayrack":     np.array([0,    0.05, 0,    0,    0,    0,    0.2,  0.85, 0.3,  0.05, 0,    0,    0]),
 }  # fmt: skip
 
 
 def zone_style(zone: int) -> dict[str, np.ndarray | float]:
     """The shares and chances of one zone (an index into `ZONES`)."""
     fields = np.append(
-        (1 - WOOD_SHARE - PLOUGHED_SHARE) * ZONE_CROPS[zone], [WOOD_SHARE, PLOUGHED_SHARE]
+        (1 - WOOD_SHARE - PLOUGHED_SHARE) * _sharpen(ZONE_CROPS[zone]),
+        [WOOD_SHARE, PLOUGHED_SHARE],
     )
     style = {
-        "tree_forms": ZONE_TREES[zone],
+        "tree_forms": _sharpen(ZONE_TREES[zone]),
         "field_kinds": fields,
-        "house_forms": ZONE_HOUSES[zone],
+        "house_forms": _sharpen(ZONE_HOUSES[zone]),
     }
     return style | {key: float(table[zone]) for key, table in ZONE_EXTRAS.items()}
+
+
+def _sharpen(shares: np.ndarray) -> np.ndarray:
+    """A zone's shares with its main forms made more common (`STYLE_SHARPNESS`)."""
+    sharp = np.asarray(shares, np.float64) ** STYLE_SHARPNESS
+    return sharp / sharp.sum()
 
 
 def expected_style(zone_weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -140,7 +140,7 @@ CITIES = (
     ("Vukovar", 45.350, 19.000, 0.3, 4),
 )
 
-GENERATOR_VERSION = "synthetic-v2.1"  # bump when the output of a given seed changes
+GENERATOR_VERSION = "synthetic-v3"  # bump when the output of a given seed changes
 # Zone weights are raised to this power: a location is mostly of one zone, blended at borders.
 ZONE_SHARPNESS = 4.0
 
@@ -482,7 +482,7 @@ def check_coverage(country: Country) -> None:
 
 
 def dataset_key(country: Country, num_locations: int, seed: int, image_size: int) -> str:
-    """A folder name for one generated dataset, e.g. `synthetic-v2-n2000-seed0-128px-1a2b3c4d5e6f`.
+    """A folder name for one generated dataset, e.g. `synthetic-v3-n2000-seed0-128px-1a2b3c4d5e6f`.
 
     The suffix is the country's fingerprint (its outline and CRS); a neighbours file other than
     the shipped one adds a hash of its bytes, since the land it holds is drawn. So a set
