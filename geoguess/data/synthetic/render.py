@@ -441,17 +441,26 @@ class View:
         return math.sin(t) + x * math.cos(t), math.cos(t) - x * math.sin(t)
 
 
+def compose_scene(scene: dict[str, np.ndarray], rng: np.random.Generator):
+    """One location's drawn zone style, light, palette and layout, in the renderer's RNG order.
+
+    Returns `(scene, light, palette, layout)`: `scene` with the drawn zone's shares and chances
+    added. `render_views` draws from it; `experiments/perception_gap.py` counts its objects.
+    """
+    scene = {**scene, **zone_style(_choice(rng, scene["zones"]))}
+    scene["wood_form"] = _choice(rng, scene["tree_forms"])  # woods here are mostly of it
+    light = draw_light(rng)
+    palette = make_palette(scene, light, rng)
+    return scene, light, palette, draw_layout(scene, palette, rng)
+
+
 def render_views(scene: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
     """The four views (headings 0, 90, 180, 270) of one location: uint8 (4, size, size, 3).
 
     `scene` holds one location's entries of `world.scene_parameters`.
     """
     s = int(size)
-    scene = {**scene, **zone_style(_choice(rng, scene["zones"]))}
-    scene["wood_form"] = _choice(rng, scene["tree_forms"])  # woods here are mostly of it
-    light = draw_light(rng)
-    palette = make_palette(scene, light, rng)
-    layout = draw_layout(scene, palette, rng)
+    scene, light, palette, layout = compose_scene(scene, rng)
     horizon = s * (0.5 + float(rng.normal(0.0, 0.03)))
     horizon = min(max(horizon, s * 0.38), s * 0.62)
     columns = _column_weights(s).T  # rays -> image columns

@@ -1,0 +1,150 @@
+"""How much of the landscape zone the drawn objects hold, against how much a frozen backbone reads.
+
+.venv/bin/python experiments/perception_gap.py [--locations 3000] [--seed 0] [--features FILE]
+
+1. Object oracle: for the generator's first `--locations` locations of `--seed`, the renderer's
+   own layouts (`render.compose_scene`, same RNG order as the images) are counted: houses and
+   trees by form, landmarks, walls, fences, woods by style, fields by kind, within 120 m along
+   the road. A small MLP on log counts predicts each location's most likely zone (80 % train,
+   20 % test): what perfect perception of the objects would give, with nothing of the
+   geometry (sea, relief). Then the same with one group of objects alone, and without it.
+2. With `--features` (a `features-*.npy` that a run with a frozen backbone cached beside the
+   dataset's image cache, `DATA_ROOT/.geoguess-cache/*/`; `experiment=best_cpu` makes one): a
+   linear zone classifier on those features, the mean over the four views, 5-fold
+   cross-validated: what the backbone reads.
+
+The gap between the two is what a better model (or more visible objects) could still gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geoguess.data.synthetic.generator import sample_locations
+from geoguess.data.synthetic.render import compose_scene
+from geoguess.data.synthetic.style import ZONES
+from geoguess.data.synthetic.world import build_world, scene_parameters
+from geoguess.geo import Country
+
+REACH_M = 120.0
+LANDMARKS = ("kazun", "haystack", "campanile", "onion_tower", "spire", "turbine", "well_sweep",
+             "hayrack", "line:wind_screen")  # fmt: skip
+GROUPS = {
+    "houses": lambda k: k.startswith("house"),
+    "trees": lambda k: k.startswith("tree"),
+    "woods": lambda k: k.startswith("line:wood"),
+    "fields": lambda k: k.startswith("plot"),
+    "landmarks": lambda k: k.split(":")[0] in LANDMARKS or k.startswith("line:wind_screen"),
+    "walls and fences": lambda k: (
+        k.split(":")[1] in ("wall", "fence", "hedge") if k.startswith("line") else False
+    ),
+}
+
+
+def object_counts(num_locations: int, seed: int) -> tuple[list[dict], np.ndarray]:
+    """Per location, the counts of what its layout holds, and its most likely zone."""
+    country = Country()
+    lat, lon = sample_locations(country, num_locations, seed)
+    scenes = scene_parameters(build_world(country), lat, lon)
+    counts = []
+    for index in range(num_locations):
+        scene = {key: value[index] for key, value in scenes.items()}
+        _, _, _, layout = compose_scene(scene, np.random.default_rng([seed, 1, index]))
+        found: dict[str, int] = {}
+        for kind, along, _, params in layout.sprites:
+            if abs(along) <= REACH_M:
+                name = f"{kind}:{params.get('form', '')}"
+                found[name] = found.get(name, 0) + 1
+        for kind, *_, params in layout.lines:
+            name = f"line:{kind}:{params.get('style', '')}"
+            found[name] = found.get(name, 0) + 1
+        for plot in layout.plots:
+            found[f"plot:{plot.kind}"] = found.get(f"plot:{plot.kind}", 0) + 1
+        counts.append(found)
+    return counts, scenes["zones"].argmax(axis=1)
+
+
+def mlp_accuracy(x: np.ndarray, zone: np.ndarray, seed: int = 0) -> float:
+    torch.manual_seed(seed)
+    train = np.arange(len(x)) < int(0.8 * len(x))
+    xs, ys = torch.tensor(x, dtype=torch.float32), torch.tensor(zone)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, len(ZONES))
+    )
+    optimiser = torch.optim.Adam(model.parameters(), 3e-3, weight_decay=1e-4)
+    for _ in range(1000):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(xs[train]), ys[train]).backward()
+        optimiser.step()
+    with torch.no_grad():
+        return float((model(xs[~train]).argmax(1) == ys[~train]).float().mean())
+
+
+def object_oracle(num_locations: int, seed: int) -> dict[str, float]:
+    counts, zone = object_counts(num_locations, seed)
+    names = sorted({name for found in counts for name in found})
+    x = np.log1p([[found.get(name, 0) for name in names] for found in counts])
+    figures = {"all objects": mlp_accuracy(x, zone)}
+    for group, member in GROUPS.items():
+        columns = np.array([member(name) for name in names])
+        figures[f"{group} only"] = mlp_accuracy(x[:, columns], zone)
+        figures[f"without {group}"] = mlp_accuracy(x[:, ~columns], zone)
+    return figures
+
+
+def feature_probe(features: Path) -> float:
+    """5-fold accuracy of a linear zone classifier on a dataset's cached backbone features."""
+    root = features.parent.parent.parent  # DATA_ROOT/.geoguess-cache/<key>/features-*.npy
+    indexes = features.parent.glob("*px.json")  # every image cache there has the same rows
+    orders = {tuple(json.loads(path.read_text())["uuids"]) for path in indexes}
+    if len(orders) != 1:
+        raise SystemExit(f"{features.parent} has no single image cache index (*px.json)")
+    uuids = list(orders.pop())
+    table = pd.read_csv(root / "data.csv", index_col=0).set_index("uuid").loc[uuids]
+    scenes = scene_parameters(
+        build_world(Country()), table.latitude.to_numpy(), table.longitude.to_numpy()
+    )
+    x = torch.tensor(np.load(features), dtype=torch.float32).mean(dim=1)
+    y = torch.tensor(scenes["zones"].argmax(axis=1))
+    fold = np.arange(len(y)) % 5
+    accuracies = []
+    for k in range(5):
+        torch.manual_seed(k)
+        train, test = torch.tensor(fold != k), torch.tensor(fold == k)
+        xn = (x - x[train].mean(0)) / (x[train].std(0) + 1e-4)
+        model = torch.nn.Linear(x.shape[1], len(ZONES))
+        optimiser = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-2)
+        for _ in range(200):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(xn[train]), y[train]).backward()
+            optimiser.step()
+        with torch.no_grad():
+            accuracies.append(float((model(xn[test]).argmax(1) == y[test]).float().mean()))
+    return float(np.mean(accuracies))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--locations", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--features", type=Path, help="a cached features-*.npy of a dataset")
+    args = parser.parse_args(argv)
+    figures = object_oracle(args.locations, args.seed)
+    for name, accuracy in figures.items():
+        print(f"zone accuracy, object oracle, {name:24s} {100 * accuracy:5.1f} %")
+    if args.features:
+        figures["frozen features"] = feature_probe(args.features)
+        print(
+            f"zone accuracy, linear on cached features       {100 * figures['frozen features']:5.1f} %"
+        )
+    return figures
+
+
+if __name__ == "__main__":
+    main()
