@@ -682,6 +682,20 @@ def test_confidence_radius_holds_the_mass_and_calibrates_to_its_quantile(fitted)
         assert np.mean(errors <= raw[:, i] * scale[i]) == pytest.approx(q, abs=0.002)
 
 
+def test_the_calibrated_90_percent_circle_never_falls_inside_the_50_percent_one(fitted):
+    """Each quantile's scale comes from its own validation ratios; a small or odd validation
+    split can make the 50 % factor the larger, which must not put r90 inside r50."""
+    module = _module(fitted).eval()
+    batch = batch_of(fitted)
+    module.radius_scale = (1.0, 1.0)
+    plain = module.guess(batch["images"])
+    assert (plain["radius90"] >= plain["radius50"]).all()
+    module.radius_scale = (50.0, 0.01)  # r50 scaled far past r90
+    odd = module.guess(batch["images"])
+    assert torch.equal(odd["radius50"], plain["radius50"] * 50.0)
+    assert torch.equal(odd["radius90"], odd["radius50"])
+
+
 def test_mirror_tta_applies_at_test_not_in_the_epochs_validation(fitted, monkeypatch):
     """The mirrored pass costs a second backbone pass: validation (checkpoint choice) skips it,
     the test and the calibration pass (`guess` called directly) use it."""

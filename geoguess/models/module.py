@@ -154,8 +154,9 @@ class GeoguessModule(L.LightningModule):
             refined, found = self.retrieval.refine(fused, head.class_probabilities(output))
             xy = torch.where(found[:, None], refined, xy)
         scale = self.radius_scale or (1.0, 1.0)
-        radii = [head.spread_km(output, xy, q) * scale[i] for i, q in enumerate(QUANTILES)]
-        return {"xy": xy, "radius50": radii[0], "radius90": radii[1]}
+        r50, r90 = (head.spread_km(output, xy, q) * scale[i] for i, q in enumerate(QUANTILES))
+        # Each quantile is scaled on its own: keep the 90 % circle around the 50 % one.
+        return {"xy": xy, "radius50": r50, "radius90": torch.maximum(r90, r50)}
 
     def encode_views(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's features of each view, `[B, 4, F]`."""
