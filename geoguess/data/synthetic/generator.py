@@ -32,7 +32,8 @@ UUID_NAMESPACE = uuid.UUID("5f0c8d3e-7a51-4d0b-9a8e-3c2b1f6e4d27")
 CHUNK_SIZE = 25  # locations per pool task
 MIN_IMAGE_SIZE = 16
 JPEG_QUALITY = (85, 90)  # inclusive range, drawn per location
-SAMPLING_STREAM = 0  # the locations' RNG stream; images use stream 1
+SAMPLING_STREAM = 0  # the locations' RNG stream
+IMAGE_STREAM = 1  # each location's own stream for its drawing (`location_rng`)
 
 
 def generate(
@@ -106,12 +107,17 @@ def location_uuids(n: int, seed: int) -> list[str]:
     return [str(uuid.uuid5(UUID_NAMESPACE, f"{GENERATOR_VERSION}/{seed}/{i}")) for i in range(n)]
 
 
+def location_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of location `index`'s drawing: zone, light, layout, noise, JPEG."""
+    return np.random.default_rng([seed, IMAGE_STREAM, index])
+
+
 def render_location(scene: Mapping[str, np.ndarray], seed: int, index: int, image_size: int):
     """The four views (uint8) and JPEG quality of location `index`: its own RNG, so chunking
     and the number of workers cannot change a byte."""
     from geoguess.data.synthetic.render import render_views
 
-    rng = np.random.default_rng([seed, 1, index])
+    rng = location_rng(seed, index)
     views = render_views(scene, image_size, rng)
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
     return views, quality
