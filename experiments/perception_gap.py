@@ -8,7 +8,13 @@
    the road. A small MLP on log counts predicts each location's most likely zone (80 % train,
    20 % test): what perfect perception of the objects would give, with nothing of the
    geometry (sea, relief). Then the same with one group of objects alone, and without it.
-2. With `--features` (a `features-*.npy` that a run with a frozen backbone cached beside the
+2. The same in km: a small MLP classifies each location into 0.3-degree cells from the object
+   counts, from the geometry the renderer draws (per direction: the sea's band and the relief's
+   horizon angle) and from both; the guess is the probability-weighted mean of the cells'
+   training means, as `head=classification` decodes; mean error on the held-out 20 % beside
+   the mean-location baseline. Perfect perception with a model trained on as many locations:
+   how far below it no image model on this set should be expected to go.
+3. With `--features` (a `features-*.npy` that a run with a frozen backbone cached beside the
    dataset's image cache, `DATA_ROOT/.geoguess-cache/*/`; `experiment=best_cpu` makes one): a
    linear zone classifier on those features, the mean over the four views, 5-fold
    cross-validated: what the backbone reads.
@@ -30,9 +36,10 @@ from geoguess.data.synthetic.generator import location_rng, sample_locations
 from geoguess.data.synthetic.render import compose_scene
 from geoguess.data.synthetic.style import ZONES
 from geoguess.data.synthetic.world import build_world, scene_parameters
-from geoguess.geo import Country
+from geoguess.geo import Country, haversine_km
 
 REACH_M = 120.0
+CELL_DEG = 0.3
 # Landmark sprites; the wind screen is a line, matched by its own prefix below.
 LANDMARKS = ("kazun", "haystack", "campanile", "onion_tower", "spire", "turbine", "well_sweep",
              "hayrack")  # fmt: skip
@@ -48,6 +55,13 @@ GROUPS = {
 
 def object_counts(num_locations: int, seed: int) -> tuple[list[dict], np.ndarray]:
     """Per location, the counts of what its layout holds, and its most likely zone."""
+    counts, scenes, _ = drawn_locations(num_locations, seed)
+    return counts, scenes["zones"].argmax(axis=1)
+
+
+def drawn_locations(num_locations: int, seed: int) -> tuple[list[dict], dict, np.ndarray]:
+    """Per location, the counts of what its layout holds; the scene parameters its position
+    gives; its latitude and longitude (`[N, 2]`)."""
     country = Country()
     lat, lon = sample_locations(country, num_locations, seed)
     scenes = scene_parameters(build_world(country), lat, lon)
@@ -66,7 +80,7 @@ def object_counts(num_locations: int, seed: int) -> tuple[list[dict], np.ndarray
         for plot in layout.plots:
             found[f"plot:{plot.kind}"] = found.get(f"plot:{plot.kind}", 0) + 1
         counts.append(found)
-    return counts, scenes["zones"].argmax(axis=1)
+    return counts, scenes, np.column_stack([lat, lon])
 
 
 def mlp_accuracy(x: np.ndarray, zone: np.ndarray, seed: int = 0) -> float:
@@ -100,6 +114,64 @@ def object_oracle(num_locations: int, seed: int) -> dict[str, float]:
         figures[f"{group} only"] = mlp_accuracy(x[:, columns], zone)
         figures[f"without {group}"] = mlp_accuracy(x[:, ~columns], zone)
     return figures
+
+
+def perfect_perception_km(
+    num_locations: int, seed: int, cell_deg: float = CELL_DEG
+) -> dict[str, float]:
+    """Mean error (km) on the held-out 20 % of a cell classifier on what was drawn: the
+    objects, the geometry (sea and relief per direction), both; and the mean-location baseline."""
+    counts, scenes, latlon = drawn_locations(num_locations, seed)
+    names = sorted({name for found in counts for name in found})
+    objects = np.log1p([[found.get(name, 0) for name in names] for found in counts])
+    geometry = np.concatenate(
+        [
+            scenes["horizon_angle"].reshape(num_locations, -1),
+            scenes["sea_band"].reshape(num_locations, -1),
+        ],
+        axis=1,
+    )
+    train = np.arange(num_locations) < int(0.8 * num_locations)
+    truth = latlon[~train]
+    mean = latlon[train].mean(axis=0)
+    figures = {"baseline": float(haversine_km(*truth.T, mean[0], mean[1]).mean())}
+    inputs = {
+        "objects": objects,
+        "geometry": geometry,
+        "objects + geometry": np.hstack([objects, geometry]),
+    }
+    for label, x in inputs.items():
+        guess = cell_classifier_guess(x, latlon, train, cell_deg)
+        figures[label] = float(haversine_km(*truth.T, *guess.T).mean())
+    return figures
+
+
+def cell_classifier_guess(
+    x: np.ndarray, latlon: np.ndarray, train: np.ndarray, cell_deg: float, seed: int = 0
+) -> np.ndarray:
+    """`[held out, 2]`: the probability-weighted mean of the cells' training means, from a
+    small MLP trained on the `train` rows to name each location's cell."""
+    cell = np.floor(latlon[train] / cell_deg).astype(int)
+    keys, label = np.unique(cell, axis=0, return_inverse=True)
+    points = np.array([latlon[train][label == k].mean(axis=0) for k in range(len(keys))])
+    x = (x - x[train].mean(axis=0)) / (x[train].std(axis=0) + 1e-6)
+    torch.manual_seed(seed)
+    xs = torch.tensor(x, dtype=torch.float32)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+        torch.nn.Linear(128, len(keys)),
+    )  # fmt: skip
+    optimiser = torch.optim.Adam(model.parameters(), 3e-3, weight_decay=1e-4)
+    target = torch.tensor(label.ravel())
+    for _ in range(600):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xs[train]), target, label_smoothing=0.1)
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        probabilities = torch.softmax(model(xs[~train]), dim=1).double().numpy()
+    return probabilities @ points
 
 
 def feature_probe(features: Path) -> float:
@@ -137,6 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
     figures = object_oracle(args.locations, args.seed)
     for name, accuracy in figures.items():
         print(f"zone accuracy, object oracle, {name:24s} {100 * accuracy:5.1f} %")
+    kilometres = perfect_perception_km(args.locations, args.seed)
+    for name, km in kilometres.items():
+        print(f"mean error, perfect perception, {name:22s} {km:6.1f} km")
+    figures |= {f"{name} km": km for name, km in kilometres.items()}
     if args.features:
         figures["frozen features"] = feature_probe(args.features)
         print(

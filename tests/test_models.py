@@ -632,6 +632,38 @@ def test_hybrid_head_decodes_points_plus_offsets(fitted):
     assert others.abs().sum() == 0
 
 
+def test_median_decode_minimises_the_expected_distance_the_mean_does_not(fitted):
+    """The spatial median against a brute-force search over a 1 km lattice of the expected
+    distance; a hesitation between two far cells puts the mean between them, the median on
+    the likelier one."""
+    head = heads.ClassificationHead(
+        8, fitted.grid, fitted.targets, fitted.country, snap_to_land=False, decode="median"
+    )
+    points = head.class_xy.numpy()
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(3, head.num_classes, generator=generator, dtype=torch.float64)
+    far = np.argmax(np.linalg.norm(points - points[0], axis=1))
+    logits[2] = -1e4
+    logits[2, 0], logits[2, far] = np.log(0.6), np.log(0.4)
+    median = head.to_projected(logits).numpy()
+    p = torch.softmax(logits, -1).numpy()
+
+    def expected_km(xy: np.ndarray, row: int) -> np.ndarray:
+        return (np.linalg.norm(points[None] - xy[:, None], axis=-1) @ p[row]) / 1000
+
+    for row in range(3):
+        east, north = np.meshgrid(*(np.arange(-30e3, 30e3, 1e3) + median[row][k] for k in (0, 1)))
+        lattice = np.column_stack([east.ravel(), north.ravel()])
+        assert expected_km(median[row : row + 1], row)[0] <= expected_km(lattice, row).min() + 1e-3
+    assert median[2] == pytest.approx(points[0], abs=2.0)
+    head.decode_mode = "weighted"
+    mean = head.to_projected(logits).numpy()
+    assert mean[2] == pytest.approx(0.6 * points[0] + 0.4 * points[far], abs=1e-6)
+    assert expected_km(mean[2:], 2)[0] > expected_km(median[2:], 2)[0] + 10
+    with pytest.raises(GeoguessError, match="head.decode='middle'"):
+        heads.ClassificationHead(8, fitted.grid, fitted.targets, fitted.country, decode="middle")
+
+
 def test_mirror_swaps_east_and_west_and_flips_each_view():
     from geoguess.models.refinement import mirror_views
 

@@ -91,6 +91,7 @@ def test_refuses_to_overwrite_unless_asked(trained, data_root, tmp_path):
     with pytest.raises(GeoguessError, match="already exists; pass overwrite=true"):
         predict_with(tmp_path, trained["best_checkpoint"], data_root, output)
     assert output.read_text() == "precious\n"
+    assert not (tmp_path / "run-0" / ".hydra").exists()  # refused: no run record
     predict_with(tmp_path, trained["best_checkpoint"], data_root, output, "overwrite=true")
     assert len(pd.read_csv(output)) == 80
 
@@ -164,6 +165,9 @@ def test_bad_checkpoints_get_one_plain_message(trained, data_root, tmp_path):
         with pytest.raises(CheckpointError, match=pattern) as error:
             predict(tmp_path / name, data_root)
         assert "weights_only" not in str(error.value) and "Traceback" not in str(error.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        predict_with(tmp_path, tmp_path / "missing.ckpt", data_root, tmp_path / "p.csv")
+    assert not (tmp_path / "run-0" / ".hydra").exists()  # refused: no run record
 
 
 class _Payload:

@@ -36,6 +36,8 @@ finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run o
 
 best() {
   sweep best-cpu experiment=best_cpu
+  # best-cpu decodes by the spatial median; the weighted mean (the default) and the top cell:
+  sweep decode experiment=best_cpu head.decode=weighted,top
 }
 
 real() {  # a sanity check of the real-data path on the 100 real locations (not an accuracy claim)
@@ -60,6 +62,8 @@ report() {
   "$PY" -m geoguess.report \
     "sweeps=[$OUT/quickstart,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu]" \
     hydra.run.dir=experiments/study-methods/reports/backbones
+  "$PY" -m geoguess.report "sweeps=[$OUT/best-cpu,$OUT/decode]" \
+    hydra.run.dir=experiments/study-methods/reports/decode
   [ -d "$OUT/real-sample" ] && "$PY" -m geoguess.report "sweeps=[$OUT/real-sample]" \
     hydra.run.dir=experiments/study-methods/reports/real-sample
   # The report's own run records are not part of the study's results.

@@ -85,9 +85,14 @@ class Head(nn.Module):
 class ClassificationHead(Head):
     """Cross-entropy over the grid's classes.
 
-    The predicted location is the softmax-weighted mean of the class points in metres, as in the
-    write-up: a hesitation between two neighbouring cells lands between them (which may be at
-    sea or abroad: `snap_to_land` moves it back). With `smoothing_km`, the target is soft:
+    `decode` turns the predicted distribution over places into one location, in metres:
+    `weighted` (the write-up's): the softmax-weighted mean of the class points, which minimises
+    the expected squared distance; a hesitation between two neighbouring cells lands between
+    them (which may be at sea or abroad: `snap_to_land` moves it back). `median`: the spatial
+    median, the point with the least expected distance, which is what the score averages; on a
+    crescent-shaped country a hesitation between its two arms puts the mean inland, far from
+    both, and the median on the likelier arm. `top`: the likeliest class's point.
+    With `smoothing_km`, the target is soft:
     `exp(-(d_i - d_min) / smoothing_km)` over the class points (normalised), `d_i` the
     great-circle distance of class point i to the true location, so a near miss costs less than
     a far one.
@@ -104,7 +109,10 @@ class ClassificationHead(Head):
         points: str = "clipped",
         smoothing_km: float | None = None,
         snap_to_land: bool = True,
+        decode: str = "weighted",
     ) -> None:
+        if decode not in DECODES:
+            raise GeoguessError(f"head.decode={decode!r} is not one of {', '.join(DECODES)}")
         if smoothing_km is not None and not float(smoothing_km) > 0:
             raise GeoguessError(f"head.smoothing_km={smoothing_km} must be positive, or null")
         if grid.num_classes < MIN_CLASSES:
@@ -119,6 +127,7 @@ class ClassificationHead(Head):
             raise GeoguessError(f"head.points={points!r}: {exc}") from None
         super().__init__(in_features, len(lat), targets, country, snap_to_land)
         self.points = points
+        self.decode_mode = decode
         self.smoothing_km = float(smoothing_km) if smoothing_km is not None else None
         self.num_classes = len(lat)
         # Derived from the fitted grid (kept in the checkpoint), so not part of the state_dict.
@@ -151,9 +160,16 @@ class ClassificationHead(Head):
             # softmax(-d / tau) is exp(-(d - d_min) / tau) normalised, computed stably.
             return torch.softmax(-d / self.smoothing_km, dim=-1).float()
 
-    def to_projected(self, logits: torch.Tensor) -> torch.Tensor:
-        with no_autocast(logits):
-            return torch.softmax(logits.to(torch.float64), dim=-1) @ self.class_xy
+    def to_projected(self, output: torch.Tensor) -> torch.Tensor:
+        probabilities = self.class_probabilities(output)
+        places = self.place_xy(output)
+        if self.decode_mode == "top":
+            top = probabilities.argmax(-1)
+            return places[torch.arange(len(top), device=top.device), top]
+        mean = (probabilities[..., None] * places).sum(1)
+        if self.decode_mode == "median":
+            return spatial_median(probabilities, places, mean)
+        return mean
 
     def class_probabilities(self, output: torch.Tensor) -> torch.Tensor:
         with no_autocast(output):
@@ -167,7 +183,36 @@ class ClassificationHead(Head):
         return mass_radius_km(self.class_probabilities(output), self.place_xy(output), xy, q)
 
     def spec(self) -> dict:
-        return {**super().spec(), "points": self.points, "smoothing_km": self.smoothing_km}
+        return {
+            **super().spec(),
+            "points": self.points,
+            "smoothing_km": self.smoothing_km,
+            "decode": self.decode_mode,
+        }
+
+
+DECODES = ("weighted", "median", "top")
+MEDIAN_TOLERANCE_M = 1.0
+MEDIAN_MAX_STEPS = 200
+
+
+def spatial_median(
+    probabilities: torch.Tensor, places: torch.Tensor, start: torch.Tensor
+) -> torch.Tensor:
+    """`[B, 2]` metres: per row, the point x minimising sum_c p_c |x - place_c| (Weiszfeld's
+    iteration from `start`). The sum is convex, so the iteration finds its one minimum; a place
+    the iterate lands on is kept at 1 m so that its weight stays finite."""
+    with no_autocast(places):
+        x = start.to(torch.float64)
+        for _ in range(MEDIAN_MAX_STEPS):
+            distance = torch.linalg.vector_norm(places - x[:, None, :], dim=-1).clamp(min=1.0)
+            weight = probabilities / distance
+            moved = (weight[..., None] * places).sum(1) / weight.sum(-1, keepdim=True)
+            step = torch.linalg.vector_norm(moved - x, dim=-1).max()
+            x = moved
+            if step < MEDIAN_TOLERANCE_M:
+                break
+        return x
 
 
 def mass_radius_km(
@@ -187,7 +232,8 @@ class HybridHead(ClassificationHead):
     location from the cell's point (OSV-5M's hybrid), trained jointly.
 
     Outputs `C` logits and `2C` offsets in units of `offset_scale_m` (about a cell's width).
-    Decoding: `weighted` = sum over cells of p_c (point_c + offset_c); `top` = the most likely
+    Decoding as the classifier's, over the places point_c + offset_c: `weighted` = sum over
+    cells of p_c (point_c + offset_c), `median` their spatial median, `top` = the most likely
     cell's point plus its offset.
     """
 
@@ -205,10 +251,9 @@ class HybridHead(ClassificationHead):
         decode: str = "weighted",
         offset_weight: float = 1.0,
     ) -> None:
-        super().__init__(in_features, grid, targets, country, points, smoothing_km, snap_to_land)
-        if decode not in ("weighted", "top"):
-            raise GeoguessError(f"head.decode={decode!r} is not weighted or top")
-        self.decode_mode = decode
+        super().__init__(
+            in_features, grid, targets, country, points, smoothing_km, snap_to_land, decode
+        )
         self.offset_weight = float(offset_weight)
         c = self.num_classes
         self.linear = nn.Linear(in_features, 3 * c)
@@ -244,16 +289,8 @@ class HybridHead(ClassificationHead):
             chosen = predicted[torch.arange(len(ids), device=ids.device), ids]
             return classification + self.offset_weight * F.mse_loss(chosen, wanted.float())
 
-    def to_projected(self, output: torch.Tensor) -> torch.Tensor:
-        probabilities = self.class_probabilities(output)
-        places = self.place_xy(output)
-        if self.decode_mode == "top":
-            top = probabilities.argmax(-1)
-            return places[torch.arange(len(top), device=top.device), top]
-        return (probabilities[..., None] * places).sum(1)
-
     def spec(self) -> dict:
-        return {**super().spec(), "decode": self.decode_mode, "offset_weight": self.offset_weight}
+        return {**super().spec(), "offset_weight": self.offset_weight}
 
 
 class RegressionHead(Head):
@@ -274,8 +311,9 @@ class RegressionHead(Head):
         snap_to_land: bool = True,
         points: str | None = None,
         smoothing_km: float | None = None,
+        decode: str | None = None,
     ) -> None:
-        # `grid`, `points` and `smoothing_km` concern classification only: unused here.
+        # `grid`, `points`, `smoothing_km` and `decode` concern classification only: unused here.
         super().__init__(in_features, 2, targets, country, snap_to_land)
         # Start at the centre of the training range (about the baseline) rather than at a corner.
         nn.init.constant_(self.linear.bias, 0.5)
@@ -306,6 +344,7 @@ HEAD_SETTINGS: dict[str, dict[str, tuple[type, ...]]] = {
         "points": (str,),
         "smoothing_km": (float, int, type(None)),
         "snap_to_land": (bool,),
+        "decode": (str,),
     },
     "regression": {"snap_to_land": (bool,)},
     "hybrid": {
