@@ -244,3 +244,20 @@ def test_per_view_threads_work_in_a_forked_child():
     there = torch.from_numpy(results.get(timeout=60))
     child.join(timeout=60)
     assert child.exitcode == 0 and torch.equal(there, here)
+
+
+def test_the_resize_without_torchs_private_op_gives_the_same_bytes():
+    """augment writes through torch's private `_upsample_bilinear2d_aa.out`; where a torch
+    lacks it, the public F.interpolate runs instead, byte for byte the same."""
+    from geoguess.data.augment import _RESIZE_OUT, resize_into
+
+    crop = np.random.default_rng(0).integers(0, 256, (37, 51, 3), dtype=np.uint8)
+    fast, public = (np.zeros((64, 64, 3), np.uint8) for _ in range(2))
+    resize_into(crop, fast)
+    resize_into(crop, public, write_op=None)
+    assert _RESIZE_OUT is not None  # this torch has it: the fast path is what runs
+    assert np.array_equal(fast, public)
+    ramp = np.broadcast_to(np.linspace(0, 255, 51).astype(np.uint8)[None, :, None], (37, 51, 3))
+    resize_into(np.ascontiguousarray(ramp), fast)
+    assert (np.diff(fast[32, :, 0].astype(int)) >= 0).all()  # a resize: the ramp stays a ramp
+    assert fast[:, 0].max() < 10 and fast[:, -1].min() > 245

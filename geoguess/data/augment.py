@@ -380,11 +380,35 @@ def _augment_view(
     # uses) wants channels last.
     crop = scratch[: h * w * channels].reshape(h, w, channels)
     _channels_last(image[:, top : top + h, left : left + w], crop)
-    torch.ops.aten._upsample_bilinear2d_aa.out(
-        _chw_view(crop), [height, width], False, None, None, out=_chw_view(out)
-    )
+    resize_into(crop, out)
     table = _jitter_table(_pivot_histograms(out), brightness, contrast, contrast_first)
     _apply_table(out, table)
+
+
+def _resize_out_op():
+    """torch's antialiased bilinear resize writing into a given tensor (no allocation per view),
+    or None where this torch has no such private op."""
+    try:
+        return torch.ops.aten._upsample_bilinear2d_aa.out
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_RESIZE_OUT = _resize_out_op()
+
+
+def resize_into(image: np.ndarray, out: np.ndarray, write_op=_RESIZE_OUT) -> None:
+    """`image [h, w, C]` resized (bilinear, antialiased) into `out [H, W, C]`, both uint8.
+
+    With `write_op` None (a torch without the private op), the public `F.interpolate`, which
+    runs the same kernel, allocates the result and it is copied."""
+    source, target = _chw_view(image), _chw_view(out)
+    size = list(out.shape[:2])
+    if write_op is not None:
+        write_op(source, size, False, None, None, out=target)
+    else:
+        resized = F.interpolate(source, size=size, mode="bilinear", antialias=True)
+        target.copy_(resized)
 
 
 def _chw_view(array: np.ndarray) -> torch.Tensor:
