@@ -26,20 +26,21 @@ def run(cfg: DictConfig) -> Path:
     """Predict as configured, write the CSV, print the mean error when coordinates are known."""
     from geoguess import runs
     from geoguess.data.io import DataError
-    from geoguess.inference import failure_frame, failure_message, predict
-    from geoguess.models.checkpoint import CheckpointError
+    from geoguess.inference import check_output, failure_frame, failure_message, predict
+    from geoguess.models.checkpoint import existing_checkpoint
     from geoguess.utils.io import write_csv_atomic
 
     if cfg.on_invalid not in ("error", "skip"):
         raise DataError(f"on_invalid={cfg.on_invalid!r} is not error or skip")
     # A refused command leaves no run record: the outputs and the checkpoint are checked first.
-    if cfg.output:
-        _check_outputs(Path(cfg.output).expanduser(), cfg)
-    if not Path(cfg.checkpoint).expanduser().is_file():
-        raise CheckpointError(f"checkpoint {Path(cfg.checkpoint).expanduser()} does not exist")
-    out = runs.claim(cfg)
+    out = runs.run_dir()
     output = Path(cfg.output).expanduser() if cfg.output else out / "predictions.csv"
-    skipped_path = _check_outputs(output, cfg)
+    skipped_path = output.with_name(f"{output.stem}_skipped.csv")
+    check_output(output, cfg.overwrite)
+    if cfg.on_invalid == "skip":
+        check_output(skipped_path, cfg.overwrite)
+    existing_checkpoint(cfg.checkpoint)
+    runs.claim(cfg, out)
     frame, failures = predict(
         cfg.checkpoint,
         cfg.data.root,
@@ -66,17 +67,6 @@ def run(cfg: DictConfig) -> Path:
             f"over the {int(known.sum())} locations with coordinates in data.csv"
         )
     return output
-
-
-def _check_outputs(output: Path, cfg: DictConfig) -> Path:
-    """Refuse now an output that cannot be written; returns where skipped locations go."""
-    from geoguess.inference import check_output
-
-    skipped_path = output.with_name(f"{output.stem}_skipped.csv")
-    check_output(output, cfg.overwrite)
-    if cfg.on_invalid == "skip":
-        check_output(skipped_path, cfg.overwrite)
-    return skipped_path
 
 
 if __name__ == "__main__":

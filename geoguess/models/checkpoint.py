@@ -39,15 +39,21 @@ class CheckpointError(GeoguessError):
     """A file that is not a usable geoguess checkpoint, or one that does not fit the run."""
 
 
+def existing_checkpoint(path: str | Path) -> Path:
+    """`path`, expanded, or a CheckpointError when no such file exists."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's contents (tensors and plain data only), or one clear error."""
     import torch
 
     from geoguess.models.module import CHECKPOINT_KEY, CHECKPOINT_VERSION
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = existing_checkpoint(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     if not zipfile.is_zipfile(path):  # torch.save's format; a cut-off file loses its index
