@@ -37,6 +37,7 @@ from geoguess.data.synthetic.render import compose_scene
 from geoguess.data.synthetic.style import ZONES
 from geoguess.data.synthetic.world import build_world, scene_parameters
 from geoguess.geo import Country, haversine_km
+from geoguess.metrics import baseline_errors
 
 REACH_M = 120.0
 CELL_DEG = 0.3
@@ -96,12 +97,18 @@ def mlp_accuracy(x: np.ndarray, zone: np.ndarray, seed: int = 0) -> float:
 
 def _trained_accuracy(model, optimiser, x, y, train, steps: int) -> float:
     """Full-batch cross-entropy on the `train` rows for `steps` steps; accuracy on the others."""
-    for _ in range(steps):
-        optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[train]), y[train]).backward()
-        optimiser.step()
+    _fit(model, optimiser, x[train], y[train], steps)
     with torch.no_grad():
         return float((model(x[~train]).argmax(1) == y[~train]).float().mean())
+
+
+def _fit(model, optimiser, x, y, steps: int, label_smoothing: float = 0.0) -> None:
+    """`steps` full-batch steps of cross-entropy of `model(x)` against the classes `y`."""
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        loss.backward()
+        optimiser.step()
 
 
 def object_oracle(num_locations: int, seed: int) -> dict[str, float]:
@@ -133,8 +140,7 @@ def perfect_perception_km(
     )
     train = np.arange(num_locations) < int(0.8 * num_locations)
     truth = latlon[~train]
-    mean = latlon[train].mean(axis=0)
-    figures = {"baseline": float(haversine_km(*truth.T, mean[0], mean[1]).mean())}
+    figures = {"baseline": float(baseline_errors(*latlon[train].T, *truth.T).mean())}
     inputs = {
         "objects": objects,
         "geometry": geometry,
@@ -162,12 +168,7 @@ def cell_classifier_guess(
         torch.nn.Linear(128, len(keys)),
     )  # fmt: skip
     optimiser = torch.optim.Adam(model.parameters(), 3e-3, weight_decay=1e-4)
-    target = torch.tensor(label.ravel())
-    for _ in range(600):
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xs[train]), target, label_smoothing=0.1)
-        loss.backward()
-        optimiser.step()
+    _fit(model, optimiser, xs[train], torch.tensor(label.ravel()), 600, label_smoothing=0.1)
     model.eval()
     with torch.no_grad():
         probabilities = torch.softmax(model(xs[~train]), dim=1).double().numpy()
