@@ -1220,14 +1220,19 @@ def _paint_turbine(sp: Sprite, params, palette) -> None:
     r = np.hypot(dx, dy)
     blades = np.zeros_like(tower)
     for k in range(3):
-        a = params["phase"] + k * 2 * np.pi / 3
-        along = dx * np.cos(a) + dy * np.sin(a)
-        off = np.abs(-dx * np.sin(a) + dy * np.cos(a))
+        along, off = _bar_frame(dx, dy, params["phase"] + k * 2 * np.pi / 3)
         blades |= (
             (along > 0) & (along < blade) & (off < np.maximum(thick, 1.6 * (1 - along / blade)))
         )
     white = np.float32([232, 234, 236])
     sp.put(bounds, tower | blades | (r < 2.2), white, sp.sun_side(xm, 2.2))
+
+
+def _bar_frame(dx, dy, angle: float):
+    """Coordinates along a bar leaving the origin at `angle` (radians from the x axis) and the
+    distance across it, for the offsets `dx`, `dy` from its pivot."""
+    along = dx * np.cos(angle) + dy * np.sin(angle)
+    return along, np.abs(-dx * np.sin(angle) + dy * np.cos(angle))
 
 
 def _paint_well_sweep(sp: Sprite, params, palette) -> None:
@@ -1240,8 +1245,7 @@ def _paint_well_sweep(sp: Sprite, params, palette) -> None:
     thick = max(0.12, 0.45 / sp.ppm)
     post = (np.abs(xm) < thick * 1.4) & (ym < 4.2)
     a = np.radians(params["tilt"])  # the pole pivots on the post and rises towards the well
-    along = xm * np.cos(a) + (ym - 4.2) * np.sin(a)
-    off = np.abs(-xm * np.sin(a) + (ym - 4.2) * np.cos(a))
+    along, off = _bar_frame(xm, ym - 4.2, a)
     pole = (along > -2.5) & (along < 7.5) & (off < thick)
     tip_x, tip_y = 7.5 * np.cos(a), 4.2 + 7.5 * np.sin(a)
     rope = (np.abs(xm - tip_x) < thick * 0.7) & (ym > 0.9) & (ym < tip_y)
