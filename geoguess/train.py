@@ -205,11 +205,12 @@ def build_feature_cache(model, datamodule):
     import torch
 
     from geoguess.models.feature_cache import FeatureCache, feature_key, weights_digest
+    from geoguess.models.backbones import global_pool
     from geoguess.models.module import backbone_name
 
     image_cache = datamodule.report.cache
     key = feature_key(
-        backbone_name(model.backbone),
+        f"{backbone_name(model.backbone)}:{global_pool(model.backbone)}",
         weights_digest(model.backbone),
         image_cache.key,
         image_cache.image_size,
@@ -400,7 +401,7 @@ def _pass(model, loader, device, embed: bool = False) -> dict:
             continue
         images, rows = batch["images"].to(device), batch["row"].to(device)
         fused = model.embed(images, rows)
-        guess = model.guess(images, fused=fused, output=model.head(model.dropout(fused)))
+        guess = model.guess(images, fused=fused, output=model.head(model.neck(fused)))
         values = {**guess, "latlon": batch["latlon"], "class_id": batch["class_id"]}
         if embed:
             values["fused"] = fused.float()

@@ -49,8 +49,10 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     assert kept and not default
     activation_pages = 32 * 32 * 112 * 112 * 4 // 4096
     assert default_faults > 5 * activation_pages  # unmapped when freed, faulted in again
-    # Kept by the heap and reused (at most one more heap growth while the passes settle).
-    assert kept_faults <= activation_pages * 1.1 < default_faults / 4
+    # Kept by the heap and reused: none faulted in alone, at most two heap growths while the
+    # passes settle when other processes load the machine (one activation each, seen in CI);
+    # without the setting every pass faults every activation in again (about 30x the pages).
+    assert kept_faults <= activation_pages * 2.2 < default_faults / 10
 
 
 def test_a_user_tuned_malloc_is_left_alone():

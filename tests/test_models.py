@@ -514,20 +514,87 @@ def test_training_step_and_nan_loss(fitted):
 def test_checkpoint_extras_are_plain_data_that_rebuild_the_module(fitted):
     import json
 
-    module = _module(fitted, config={"backbone": {"name": "tiny"}}, fusion="attention").eval()
+    module = GeoguessModule(
+        backbone=backbones.create_backbone("tiny", global_pool="catavgmax"),
+        head=partial(heads.ClassificationHead),
+        fitted=fitted,
+        config={"backbone": {"name": "tiny"}},
+        fusion="attention",
+        hidden=24,
+        dropout=0.3,
+    ).eval()
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     extra = checkpoint["geoguess"]
-    assert extra["spec"]["backbone"] == {"name": "test_efficientnet"}
+    assert extra["spec"]["backbone"] == {"name": "test_efficientnet", "global_pool": "catavgmax"}
+    assert (extra["spec"]["hidden"], extra["spec"]["dropout"]) == (24, 0.3)
     assert extra["spec"]["head"]["kind"] == "classification"
     assert json.loads(json.dumps(extra)) == extra
     from geoguess.data import FittedData
 
     rebuilt = build_from_spec(extra["spec"], FittedData.from_dict(extra["fitted"])).eval()
-    rebuilt.load_state_dict(module.state_dict())
+    rebuilt.load_state_dict(module.state_dict())  # strict: the same layers, the same shapes
     images = batch_of(fitted, 3)["images"]
     assert torch.allclose(rebuilt(images), module(images))
     assert rebuilt.spec() == module.spec()
+
+
+def test_a_checkpoint_from_before_pooling_and_hidden_options_rebuilds_as_it_was(fitted):
+    """Specs written before `global_pool` and `hidden` existed: average pooling, no hidden
+    layer, so their weights load as they are."""
+    module = _module(fitted, dropout=0.1).eval()
+    spec = module.spec()
+    assert spec["backbone"]["global_pool"] == "avg" and spec["hidden"] == 0
+    old = {**spec, "backbone": {"name": spec["backbone"]["name"]}}
+    del old["hidden"]
+    rebuilt = build_from_spec(old, fitted).eval()
+    rebuilt.load_state_dict(module.state_dict())
+    assert rebuilt.spec() == spec
+    with pytest.raises(GeoguessError, match="pooling 'gem'"):
+        build_from_spec({**spec, "backbone": {**spec["backbone"], "global_pool": "gem"}}, fitted)
+    with pytest.raises(GeoguessError, match="hidden width"):
+        build_from_spec({**spec, "hidden": "1024"}, fitted)
+
+
+@pytest.mark.parametrize("pool, width", [("avg", 256), ("max", 256), ("catavgmax", 512)])
+def test_global_pool_sets_what_the_backbone_returns(pool, width):
+    backbone = backbones.create_backbone("tiny", global_pool=pool).eval()
+    x = torch.rand(2, 3, 32, 32)
+    features = backbone(x)
+    assert features.shape == (2, width) == (2, backbones.feature_size(backbone))
+    assert backbones.global_pool(backbone) == pool
+    maps = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+    assert torch.equal(features, maps)
+    if pool == "max":  # the largest activation of each channel, however small its region
+        expected = backbone.forward_features(x).amax(dim=(2, 3))
+        torch.testing.assert_close(features, expected)
+    with pytest.raises(backbones.BackboneError, match="global_pool='gem'"):
+        backbones.create_backbone("tiny", global_pool="gem")
+
+
+def test_a_hidden_layer_combines_features_a_linear_head_cannot():
+    """XOR of two features: no linear head separates it, one hidden layer does. The default
+    (hidden 0, no dropout) adds nothing: the write-up's linear head."""
+    assert list(fusion.Neck(8).parameters()) == [] and fusion.Neck(8).out_features == 8
+    assert fusion.Neck(8, hidden=4).out_features == 4
+    x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]).repeat(8, 1)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+
+    def accuracy(hidden: int) -> float:
+        torch.manual_seed(0)
+        neck = fusion.Neck(2, hidden=hidden)
+        model = torch.nn.Sequential(neck, torch.nn.Linear(neck.out_features, 2))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        for _ in range(300):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return (model(x).argmax(1) == y).float().mean().item()
+
+    assert accuracy(hidden=16) == 1.0
+    assert accuracy(hidden=0) <= 0.75
+    with pytest.raises(GeoguessError, match="model.hidden=-1"):
+        fusion.Neck(8, hidden=-1)
 
 
 # -- unfreezing ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ frozen() {  # fixed budget: frozen pretrained Lite0 at 128 px on cached features
   sweep fusion $base model.fusion=concat,mean,attention
   sweep tta $base tta=none,mirror
   sweep refine $base model.refine=none,knn
+  sweep neck $base model.hidden=0,512,1024
+  sweep pool $base backbone.global_pool=avg,max,catavgmax
 }
 
 finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run on 2 cores)
@@ -53,7 +55,7 @@ report() {
   # The reports are this script's own output: regenerated whole (a report never writes into
   # an existing run folder).
   rm -rf experiments/study-methods/reports
-  for name in heads smoothing fusion tta refine; do
+  for name in heads smoothing fusion tta refine neck pool; do
     "$PY" -m geoguess.report "sweeps=[$OUT/$name]" \
       hydra.run.dir=experiments/study-methods/reports/$name
   done

@@ -30,6 +30,11 @@ BACKBONES: dict[str, str] = {
 }
 
 
+# timm's global pooling of the last feature map: `max` and `catavgmax` keep what one small
+# region of a view shows (a landmark), which the average dilutes.
+POOLS = ("avg", "max", "avgmax", "catavgmax")
+
+
 class BackboneError(GeoguessError):
     """A backbone that cannot be created (unknown name, weights that cannot be loaded)."""
 
@@ -47,9 +52,13 @@ def timm_name(name: str) -> str:
 
 
 def create_backbone(
-    name: str, pretrained: bool = False, pretrained_file: str | None = None
+    name: str,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    global_pool: str = "avg",
 ) -> nn.Module:
-    """A timm model with `num_classes=0`: `forward` returns `[N, num_features]` pooled features.
+    """A timm model with `num_classes=0`: `forward` returns `[N, F]` features pooled by
+    `global_pool` (one of `POOLS`; `catavgmax` doubles `F`).
 
     `pretrained_file` loads local weights (a `.pth`/`.safetensors` file of the same architecture)
     through timm's `pretrained_cfg_overlay`, for machines that cannot download them. Pretrained
@@ -58,10 +67,16 @@ def create_backbone(
     """
     if not isinstance(pretrained, bool):
         raise BackboneError(f"backbone.pretrained={pretrained!r} must be true or false")
+    if global_pool not in POOLS:
+        raise BackboneError(f"backbone.global_pool={global_pool!r} is not one of {', '.join(POOLS)}")
     arch = timm_name(name)
     if pretrained and not pretrained_file:
         pretrained_file = _offline_weights(name, arch)
-    kwargs: dict = {"pretrained": bool(pretrained or pretrained_file), "num_classes": 0}
+    kwargs: dict = {
+        "pretrained": bool(pretrained or pretrained_file),
+        "num_classes": 0,
+        "global_pool": global_pool,
+    }
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
@@ -76,9 +91,23 @@ def create_backbone(
 
 
 def feature_size(backbone: nn.Module) -> int:
-    """The width of `backbone(x)`: timm's `num_features`, or the width of the head's hidden
-    layer where one follows the pooling (MobileNetV3, LCNet: `head_hidden_size`)."""
-    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    """The width of `backbone(x)`: timm's `num_features` times the pooling's multiplier, or the
+    width of the head's hidden layer where one follows the pooling (MobileNetV3, LCNet)."""
+    hidden = getattr(backbone, "head_hidden_size", None)
+    if hidden and hidden != backbone.num_features:
+        return int(hidden)
+    return int(backbone.num_features) * _pool_multiplier(backbone)
+
+
+def global_pool(backbone: nn.Module) -> str:
+    """The global pooling of a backbone built by `create_backbone`."""
+    pool = getattr(backbone, "global_pool", None)
+    return str(getattr(pool, "pool_type", "avg") or "avg")
+
+
+def _pool_multiplier(backbone: nn.Module) -> int:
+    pool = getattr(backbone, "global_pool", None)
+    return int(pool.feat_mult()) if hasattr(pool, "feat_mult") else 1
 
 
 def _offline_weights(name: str, arch: str) -> str | None:

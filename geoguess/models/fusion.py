@@ -60,6 +60,25 @@ FUSIONS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
+class Neck(nn.Sequential):
+    """Between fusion and head: dropout on the fused features, then, with `hidden` > 0, one
+    hidden layer (GELU, dropout again). On frozen features the linear head can only weigh what
+    each feature says alone; the hidden layer lets it combine them (this object and that coast)."""
+
+    def __init__(self, features: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        if hidden < 0 or not 0.0 <= dropout < 1.0:
+            raise GeoguessError(
+                f"model.hidden={hidden} must be >= 0 and model.dropout={dropout} in [0, 1)"
+            )
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
+        if hidden:
+            layers += [nn.Linear(features, hidden), nn.GELU()]
+            layers += [nn.Dropout(dropout)] if dropout else []
+        super().__init__(*layers)
+        self.hidden, self.dropout = int(hidden), float(dropout)
+        self.out_features = int(hidden) or features
+
+
 def create_fusion(name: str, features: int) -> nn.Module:
     """The fusion module `name` for `features`-wide view vectors; `.out_features` is its width."""
     if name not in FUSIONS:

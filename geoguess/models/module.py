@@ -20,8 +20,8 @@ from torch import nn
 
 from geoguess import metrics
 from geoguess.errors import GeoguessError
-from geoguess.models.backbones import feature_size
-from geoguess.models.fusion import FUSIONS, create_fusion
+from geoguess.models.backbones import POOLS, feature_size, global_pool
+from geoguess.models.fusion import FUSIONS, Neck, create_fusion
 from geoguess.models.heads import build_head, no_autocast
 from geoguess.models.refinement import QUANTILES, REFINE, TTA, Retrieval, mirror_views
 
@@ -50,6 +50,7 @@ class GeoguessModule(L.LightningModule):
         fitted: Any,
         fusion: str = "concat",
         dropout: float = 0.0,
+        hidden: int = 0,
         normalize: str = "auto",
         channels_last: bool | None = None,
         compile: bool = False,
@@ -70,9 +71,9 @@ class GeoguessModule(L.LightningModule):
         super().__init__()
         self.backbone = backbone
         self.fusion = create_fusion(fusion, feature_size(backbone))
-        self.dropout = nn.Dropout(float(dropout)) if dropout else nn.Identity()
+        self.neck = Neck(self.fusion.out_features, int(hidden), float(dropout))
         self.head = head(
-            self.fusion.out_features,
+            self.neck.out_features,
             grid=fitted.grid,
             targets=fitted.targets,
             country=fitted.country,
@@ -125,7 +126,7 @@ class GeoguessModule(L.LightningModule):
     def forward(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, 4, 3, H, W]` in 0..255 -> head output (logits or normalised x, y). With the
         image cache `rows` of the locations, cached backbone features are used when valid."""
-        return self.head(self.dropout(self.embed(images, rows)))
+        return self.head(self.neck(self.embed(images, rows)))
 
     def embed(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The fused features of each location, `[B, D]` float32."""
@@ -145,7 +146,7 @@ class GeoguessModule(L.LightningModule):
         `radius50`/`radius90` (km; calibrated once `radius_scale` is set)."""
         if fused is None:
             fused = self.embed(images, rows)
-            output = self.head(self.dropout(fused))
+            output = self.head(self.neck(fused))
         head = self.head
         xy = head.to_projected(output)
         if tta and self.tta == "mirror":
@@ -234,7 +235,7 @@ class GeoguessModule(L.LightningModule):
         if len(batch["uuid"]) == 0:
             return
         fused = self.embed(batch["images"], batch.get("row"))
-        output = self.head(self.dropout(fused))
+        output = self.head(self.neck(fused))
         loss = self.head.loss(output, batch)
         self.log(
             f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["uuid"]), sync_dist=True
@@ -342,7 +343,7 @@ class GeoguessModule(L.LightningModule):
         factory = self.optimizer_factory
         keywords = factory.keywords if isinstance(factory, partial) else {}
         weight_decay = keywords.get("weight_decay", 0.0)
-        rest = nn.ModuleDict({"fusion": self.fusion, "head": self.head})
+        rest = nn.ModuleDict({"fusion": self.fusion, "neck": self.neck, "head": self.head})
         groups = []
         for name, part, lr in (
             ("head", rest, None),
@@ -370,9 +371,13 @@ class GeoguessModule(L.LightningModule):
     def spec(self) -> dict:
         """The architecture in plain values: what `build_from_spec` needs besides `fitted`."""
         return {
-            "backbone": {"name": backbone_name(self.backbone)},
+            "backbone": {
+                "name": backbone_name(self.backbone),
+                "global_pool": global_pool(self.backbone),
+            },
             "fusion": self.fusion.name,
-            "dropout": float(self.dropout.p) if isinstance(self.dropout, nn.Dropout) else 0.0,
+            "dropout": self.neck.dropout,
+            "hidden": self.neck.hidden,
             "head": self.head.spec(),
             "input_mean": [float(v) for v in self.input_mean.flatten()],
             "input_std": [float(v) for v in self.input_std.flatten()],
@@ -438,24 +443,36 @@ def build_from_spec(spec: dict, fitted) -> GeoguessModule:
 
     try:
         name = spec["backbone"]["name"]
+        # Checkpoints written before the option existed pooled by the average.
+        pool = spec["backbone"].get("global_pool", "avg")
         fusion, dropout = spec["fusion"], spec["dropout"]
+        hidden = spec.get("hidden", 0)  # absent before the option existed: no hidden layer
         head_spec = dict(spec["head"])
         mean, std = spec["input_mean"], spec["input_std"]
     except (KeyError, TypeError) as exc:
         raise GeoguessError(f"the checkpoint's model description lacks {exc}") from None
-    if not isinstance(name, str) or fusion not in FUSIONS:
+    if not isinstance(name, str) or fusion not in FUSIONS or pool not in POOLS:
         raise GeoguessError(
-            f"the checkpoint names an unknown backbone {name!r} or fusion {fusion!r}"
+            f"the checkpoint names an unknown backbone {name!r}, pooling {pool!r} "
+            f"or fusion {fusion!r}"
         )
-    if not isinstance(dropout, float | int) or not _floats(mean) or not _floats(std):
-        raise GeoguessError("the checkpoint's dropout or input statistics are not numbers")
-    backbone = create_backbone(name, pretrained=False)
+    if (
+        not isinstance(dropout, float | int)
+        or not isinstance(hidden, int)
+        or not _floats(mean)
+        or not _floats(std)
+    ):
+        raise GeoguessError(
+            "the checkpoint's dropout, hidden width or input statistics are not numbers"
+        )
+    backbone = create_backbone(name, pretrained=False, global_pool=pool)
     return GeoguessModule(
         backbone=backbone,
         head=partial(build_head, head_spec),
         fitted=fitted,
         fusion=fusion,
         dropout=float(dropout),
+        hidden=hidden,
         input_stats=(tuple(mean), tuple(std)),
     )
 
