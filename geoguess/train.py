@@ -204,8 +204,8 @@ def build_feature_cache(model, datamodule):
     """The per-view features of every cached location, computed once for this backbone."""
     import torch
 
-    from geoguess.models.feature_cache import FeatureCache, feature_key, weights_digest
     from geoguess.models.backbones import global_pool
+    from geoguess.models.feature_cache import FeatureCache, feature_key, weights_digest
     from geoguess.models.module import backbone_name
 
     image_cache = datamodule.report.cache

@@ -637,9 +637,10 @@ def test_a_frozen_backbone_computes_its_features_once(data_root, tmp_path, monke
     calls.clear()
     run_training([*base, "backbone.global_pool=catavgmax"], tmp_path / "pooled")
     assert sum(calls) == n_locations
-    assert len(set((data_root / ".geoguess-cache").rglob("features-*.npy"))) == len(
-        features_before
-    ) + 1
+    assert (
+        len(set((data_root / ".geoguess-cache").rglob("features-*.npy")))
+        == len(features_before) + 1
+    )
 
 
 def test_the_summary_never_calls_a_model_worse_than_the_baseline_better(tmp_path):

@@ -68,7 +68,9 @@ def create_backbone(
     if not isinstance(pretrained, bool):
         raise BackboneError(f"backbone.pretrained={pretrained!r} must be true or false")
     if global_pool not in POOLS:
-        raise BackboneError(f"backbone.global_pool={global_pool!r} is not one of {', '.join(POOLS)}")
+        raise BackboneError(
+            f"backbone.global_pool={global_pool!r} is not one of {', '.join(POOLS)}"
+        )
     arch = timm_name(name)
     if pretrained and not pretrained_file:
         pretrained_file = _offline_weights(name, arch)
