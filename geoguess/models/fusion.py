@@ -66,6 +66,7 @@ class Neck(nn.Sequential):
     each feature says alone; the hidden layer lets it combine them (this object and that coast)."""
 
     def __init__(self, features: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        hidden, dropout = int(hidden), float(dropout)
         if hidden < 0 or not 0.0 <= dropout < 1.0:
             raise GeoguessError(
                 f"model.hidden={hidden} must be >= 0 and model.dropout={dropout} in [0, 1)"
@@ -75,8 +76,8 @@ class Neck(nn.Sequential):
             layers += [nn.Linear(features, hidden), nn.GELU()]
             layers += [nn.Dropout(dropout)] if dropout else []
         super().__init__(*layers)
-        self.hidden, self.dropout = int(hidden), float(dropout)
-        self.out_features = int(hidden) or features
+        self.hidden, self.dropout = hidden, dropout
+        self.out_features = hidden or features
 
 
 def create_fusion(name: str, features: int) -> nn.Module:

@@ -71,7 +71,7 @@ class GeoguessModule(L.LightningModule):
         super().__init__()
         self.backbone = backbone
         self.fusion = create_fusion(fusion, feature_size(backbone))
-        self.neck = Neck(self.fusion.out_features, int(hidden), float(dropout))
+        self.neck = Neck(self.fusion.out_features, hidden, dropout)
         self.head = head(
             self.neck.out_features,
             grid=fitted.grid,
