@@ -17,7 +17,12 @@ class WaitToBeKilled(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             self.marker.write_text("waiting\n")
-            time.sleep(self.timeout)
+            # Short sleeps: Python runs a signal's handler between bytecodes, so a signal that
+            # lands after the marker is written but before one long sleep began would wait for
+            # that whole sleep.
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 class RaiseKeyboardInterrupt(Callback):

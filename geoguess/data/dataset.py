@@ -7,6 +7,7 @@ whole batches from the image cache at once (one fancy index into the memory map 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -245,6 +246,7 @@ class _ReadAhead:
         self._thread = threading.Thread(
             target=_read_ahead, args=(iterator, self._queue, self._stop), daemon=True
         )
+        _READERS[self._thread] = self._stop
         self._thread.start()
 
     def __iter__(self):
@@ -269,7 +271,29 @@ class _Failure:
         self.error = error
 
 
+# Live read-ahead threads and their stop events. A daemon thread still inside torch's C++ code
+# when the interpreter finalizes (a run ended by Ctrl+C, the loader never dropped) is unwound
+# by pthread_exit through frames that do not allow it: "terminate called without an active
+# exception", SIGABRT instead of the run's exit code. So they are stopped and joined at exit,
+# before finalization begins.
+_READERS: dict[threading.Thread, threading.Event] = {}
+
+
+@atexit.register
+def _stop_readers(timeout: float = 10.0) -> None:
+    for thread, stop in list(_READERS.items()):
+        stop.set()
+        thread.join(timeout)
+
+
 def _read_ahead(iterator, out: queue.Queue, stop: threading.Event) -> None:
+    try:
+        _read_into(iterator, out, stop)
+    finally:
+        _READERS.pop(threading.current_thread(), None)
+
+
+def _read_into(iterator, out: queue.Queue, stop: threading.Event) -> None:
     def put(item) -> bool:
         while not stop.is_set():
             try:
