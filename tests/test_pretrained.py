@@ -90,6 +90,16 @@ def test_the_package_tensors_map_onto_timm_in_order_shape_for_shape():
     assert model.bn1.eps == pytest.approx(1e-3)
 
 
+def test_converting_the_weights_leaves_the_random_generator_alone():
+    """The first run on a machine converts the weights; it must draw the same numbers as the
+    runs after it (before, `experiment=best_cpu` gave 64.35 km cold and 64.99 km warm)."""
+    torch.manual_seed(7)
+    pretrained.lite0_state_dict()
+    after_conversion = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(after_conversion, torch.rand(4))
+
+
 def test_a_mapping_that_does_not_fit_fails_and_says_where():
     target = OrderedDict(
         [("a.weight", torch.zeros(3, 2)), ("a.bias", torch.zeros(3)), ("b.weight", torch.zeros(4))]

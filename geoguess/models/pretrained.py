@@ -126,7 +126,11 @@ def lite0_state_dict(package_file: Path | None = None) -> OrderedDict[str, torch
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise PretrainedWeightsError(f"{path} could not be read: {exc}") from exc
-    target = timm.create_model(LITE0_ARCH, pretrained=False).state_dict()
+    # Only the names and shapes are needed; the random initialisation would advance torch's
+    # global generator, so a run that converts the weights (the first one on a machine) would
+    # train from another draw than every later run with the same seed.
+    with torch.random.fork_rng(devices=[]):
+        target = timm.create_model(LITE0_ARCH, pretrained=False).state_dict()
     return map_in_order(source, target, what=str(path))
 
 
