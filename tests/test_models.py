@@ -86,6 +86,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
     assert options("experiment") == [
         "best_cpu",
+        "best_cpu_224",
         "original",
         "quickstart",
         "smoke",
@@ -268,7 +269,9 @@ def test_experiments_compose(name, tmp_path):
         assert cfg.image.size == 64
     else:  # the methods study's budgets and its winner: the offline pretrained Lite0
         assert cfg.backbone.name == "efficientnet_lite0" and cfg.backbone.pretrained is True
-        assert cfg.image.size == (64 if name == "study_finetune" else 128)
+        sizes = {"study_finetune": 64, "best_cpu_224": 224}
+        assert cfg.image.size == sizes.get(name, 128)
+        assert cfg.data.generator.image_size == (224 if name == "best_cpu_224" else 128)
         assert cfg.data.augment is False
 
 
@@ -491,6 +494,33 @@ def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
     assert torch.allclose(forced.input_mean.flatten(), torch.tensor(fitted.image_mean))
     with pytest.raises(GeoguessError, match="model.normalize"):
         _module(fitted, normalize="imagenet")
+
+
+def test_inference_runs_the_backbone_in_bounded_chunks_with_the_same_features(fitted):
+    """Evaluation splits a batch's views into passes of `INFERENCE_IMAGES` (peak memory bounded
+    whatever the batch size); training keeps one pass (batch norm's batch statistics)."""
+    from geoguess.models.module import INFERENCE_IMAGES
+
+    module = _module(fitted)
+    passes = []
+    module.backbone.register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
+    images = torch.randint(0, 256, (40, 4, 3, 16, 16), dtype=torch.uint8)
+    module.eval()
+    with torch.no_grad():
+        chunked = module.encode_views(images)
+        assert passes == [INFERENCE_IMAGES, INFERENCE_IMAGES, 160 - 2 * INFERENCE_IMAGES]
+        whole = module.backbone(
+            (images.flatten(0, 1).float() / 255 - module.input_mean) / module.input_std
+        )
+    assert torch.allclose(chunked, whole.reshape(40, 4, -1), atol=1e-6)
+    passes.clear()
+    module.train()
+    module.encode_views(images)
+    assert passes == [160]
+    passes.clear()
+    module.eval()
+    module.encode_views(images)  # gradients wanted for the backbone: one pass
+    assert passes == [160]
 
 
 def test_training_step_and_nan_loss(fitted):
