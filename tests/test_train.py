@@ -240,6 +240,9 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
         if experiment == "best_cpu":
             assert cfg.head._target_.endswith("HybridHead") and cfg.tta == "mirror"
             assert cfg.grid.spacing == 0.8 and cfg.backbone.name == "efficientnet_lite0"
+        if experiment == "best_cpu_224":
+            assert cfg.data.generator.image_size == 224 and cfg.model.hidden == 1024
+            assert cfg.head._target_.endswith("HybridHead") and cfg.head.decode == "median"
     results = run_training(overrides, tmp_path)
     check_run_outputs(tmp_path, results)
 

@@ -32,12 +32,16 @@ frozen() {  # fixed budget: frozen pretrained Lite0 at 128 px on cached features
 
 finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run on 2 cores)
   sweep quickstart experiment=quickstart
+  # best_cpu reads the 224 px rendering of the same locations; the quickstart on it, to compare
+  # the methods on the same images:
+  sweep quickstart-224 experiment=quickstart data.generator.image_size=224
   sweep lite0-pretrained experiment=study_finetune
   sweep lite0-scratch experiment=study_finetune backbone.pretrained=false unfreeze=never
 }
 
 best() {
   sweep best-cpu experiment=best_cpu
+  sweep best-cpu-224 experiment=best_cpu_224
   # best-cpu decodes by the spatial median; the weighted mean (the default) and the top cell:
   sweep decode experiment=best_cpu head.decode=weighted,top
 }
@@ -62,7 +66,7 @@ report() {
   "$PY" -m geoguess.report "sweeps=[$OUT/cells,$OUT/cells-adaptive]" \
     hydra.run.dir=experiments/study-methods/reports/cells
   "$PY" -m geoguess.report \
-    "sweeps=[$OUT/quickstart,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu]" \
+    "sweeps=[$OUT/quickstart,$OUT/quickstart-224,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu,$OUT/best-cpu-224]" \
     hydra.run.dir=experiments/study-methods/reports/backbones
   "$PY" -m geoguess.report "sweeps=[$OUT/best-cpu,$OUT/decode]" \
     hydra.run.dir=experiments/study-methods/reports/decode
