@@ -33,9 +33,12 @@ def test_dropping_a_reader_stops_its_thread():
     assert not thread.is_alive() and thread not in dataset_mod._READERS
 
 
-def test_readers_still_held_are_stopped_at_exit():
+def test_readers_still_held_are_stopped_at_exit(monkeypatch):
+    # A registry of this test's own: the hook must not stop readers other tests still use.
+    monkeypatch.setattr(dataset_mod, "_READERS", {})
     reader = dataset_mod._ReadAhead(iter(range(10**9)))
     next(reader)
+    assert list(dataset_mod._READERS) == [reader._thread]
     dataset_mod._stop_readers()
     assert not reader._thread.is_alive() and not dataset_mod._READERS
 
