@@ -497,9 +497,11 @@ def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
 
 
 def test_inference_runs_the_backbone_in_bounded_chunks_with_the_same_features(fitted):
-    """Evaluation splits a batch's views into passes of `INFERENCE_IMAGES` (peak memory bounded
-    whatever the batch size); training keeps one pass (batch norm's batch statistics)."""
-    from geoguess.models.module import INFERENCE_IMAGES
+    """Evaluation splits a batch into the feature cache's blocks of locations (peak memory
+    bounded whatever the batch size); training keeps one pass (batch norm's batch statistics)."""
+    from geoguess.models.feature_cache import BATCH_LOCATIONS
+
+    block = 4 * BATCH_LOCATIONS  # views per pass
 
     module = _module(fitted)
     passes = []
@@ -508,7 +510,7 @@ def test_inference_runs_the_backbone_in_bounded_chunks_with_the_same_features(fi
     module.eval()
     with torch.no_grad():
         chunked = module.encode_views(images)
-        assert passes == [INFERENCE_IMAGES, INFERENCE_IMAGES, 160 - 2 * INFERENCE_IMAGES]
+        assert passes == [block, block, 160 - 2 * block]
         whole = module.backbone(
             (images.flatten(0, 1).float() / 255 - module.input_mean) / module.input_std
         )

@@ -22,6 +22,8 @@ from geoguess.utils.io import make_temp_file
 
 log = logging.getLogger(__name__)
 
+# Locations per backbone pass, here and in `GeoguessModule.encode_views` at inference: the same
+# blocks give the features computed live the same bits as the cached ones.
 BATCH_LOCATIONS = 16
 
 

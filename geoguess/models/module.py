@@ -21,6 +21,7 @@ from torch import nn
 from geoguess import metrics
 from geoguess.errors import GeoguessError
 from geoguess.models.backbones import POOLS, feature_size, global_pool
+from geoguess.models.feature_cache import BATCH_LOCATIONS
 from geoguess.models.fusion import FUSIONS, Neck, create_fusion
 from geoguess.models.heads import build_head, no_autocast
 from geoguess.models.refinement import QUANTILES, REFINE, TTA, Retrieval, mirror_views
@@ -29,10 +30,6 @@ CHECKPOINT_KEY = "geoguess"
 CHECKPOINT_VERSION = 2
 MONITOR = "val/haversine_km"
 NORMALIZE = ("auto", "pretrained", "dataset")
-# Images per backbone pass when nothing is kept for a backward pass (evaluation, a frozen
-# backbone): a test batch with mirror TTA is 1,024 views, and at 224 px Lite0's activations for
-# all of them at once peaked at 14.6 GB. 64 is the feature cache's block (16 locations).
-INFERENCE_IMAGES = 64
 
 
 class NonFiniteLossError(GeoguessError):
@@ -165,18 +162,21 @@ class GeoguessModule(L.LightningModule):
 
     def encode_views(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's features of each view, `[B, 4, F]`."""
-        b, v = images.shape[:2]
-        views = images.flatten(0, 1)  # the four views go through the backbone as one batch
         if self._keeps_activations():
-            return self._encode(views).reshape(b, v, -1)
-        chunks = [self._encode(chunk) for chunk in views.split(INFERENCE_IMAGES)]
-        return torch.cat(chunks).reshape(b, v, -1)
+            return self._encode(images)
+        # Nothing is kept for a backward pass (evaluation, a frozen backbone): the feature
+        # cache's blocks of locations, one pass each. A test batch with mirror TTA is 1,024
+        # views, and at 224 px Lite0's activations for all of them at once peaked at 14.6 GB;
+        # the same blocks as the cache also give the same bits as its features.
+        return torch.cat([self._encode(block) for block in images.split(BATCH_LOCATIONS)])
 
-    def _encode(self, views: torch.Tensor) -> torch.Tensor:
-        x = (views.float() / 255.0 - self.input_mean) / self.input_std
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        b, v = images.shape[:2]
+        x = images.flatten(0, 1)  # the four views go through the backbone as one batch
+        x = (x.float() / 255.0 - self.input_mean) / self.input_std
         if self._use_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        return self.backbone(x).reshape(b, v, -1)
 
     def _keeps_activations(self) -> bool:
         """Whether this pass must run as one batch: batch norm in training mode normalises by
