@@ -657,25 +657,30 @@ def _paint_ground(canvas, zbuf, view, layout: Layout, palette, light, sea_px, rn
 
 def _field_ground(colour, side, kind, along, across, depth, palette: Palette) -> None:
     """Ground of one field kind, in place, where `side` is true."""
+    if kind == "wood":
+        colour[side] = colour[side] * 0.7
+        return
+    # Only the field's own pixels: most fields cover a small part of a view, or none of it.
+    if not side.any():
+        return
+    along, across, depth = along[side], across[side], depth[side]
     if kind == "maize":  # rows along the road, or bare stubble out of season
         stripe = (np.floor(np.abs(across) / 0.8) % 2 == 0) & (depth < 40)
         value = np.where(stripe, 0.82, 1.0)[..., None] * (palette.maize * 0.6 + palette.soil * 0.4)
-        colour[side] = value[side]
+        colour[side] = value
     elif kind == "vineyard" or kind == "olive_grove":
         soil = palette.soil + (palette.grass - palette.soil) * palette.grassed
-        colour[side] = soil * (0.9 + 0.2 * _hash_noise(along * 3, across * 3))[side][:, None]
+        colour[side] = soil * (0.9 + 0.2 * _hash_noise(along * 3, across * 3))[:, None]
     elif kind == "karst":
         rock = _hash_noise(along * 1.7 + 11, across * 1.7 + 5) > 0.78
         shadow = _hash_noise(along * 1.7 + 11, across * 1.7 + 5.6) > 0.85
         dry = palette.grass * 0.8 + DRY_GRASS_RGB * 0.2
         patch = np.where(rock[..., None], (ROCK_RGB + palette.grass) * 0.5, dry)
         patch = np.where((shadow & ~rock)[..., None], patch * 0.75, patch)
-        colour[side] = patch[side]
-    elif kind == "wood":
-        colour[side] = colour[side] * 0.7
+        colour[side] = patch
     elif kind == "ploughed":  # furrows along the road
         furrow = 0.8 + 0.25 * (np.floor(np.abs(across) / 0.7) % 2)
-        colour[side] = (palette.soil * np.where(depth < 40, furrow, 0.9)[..., None])[side]
+        colour[side] = palette.soil * np.where(depth < 40, furrow, 0.9)[..., None]
 
 
 def _paint_sea(canvas, zbuf, view: View, sea_px, palette: Palette, light: Light, rng):
