@@ -1072,7 +1072,57 @@ def bench_feature_cache(settings: BenchSettings, work: Path) -> dict:
         figures[f"epoch_seconds_{name}"] = results["train_seconds"] / epochs
         figures[f"val_km_{name}"] = results["val_haversine_km"]
     figures["speedup"] = figures["epoch_seconds_without"] / figures["epoch_seconds_with"]
+    figures["frozen_pass"] = bench_frozen_pass(settings)
     return figures
+
+
+FROZEN_PASSES = {  # name: (channels_last, bf16), as model.channels_last / model.frozen_precision
+    "float32": (False, False),
+    "channels_last": (True, False),
+    "bf16_channels_last": (True, True),
+}
+
+
+def bench_frozen_pass(settings: BenchSettings) -> dict:
+    """Images per second of a frozen backbone's pass (evaluation, the feature cache's build) in
+    float32, channels-last, and channels-last bf16, on blocks of the feature cache's size, and
+    bf16's error relative to float32. Random weights: the speed is the architecture's."""
+    import torch
+
+    from geoguess.models.backbones import create_backbone
+    from geoguess.models.feature_cache import BATCH_LOCATIONS
+
+    torch.manual_seed(0)
+    backbone = create_backbone(settings.feature_cache_backbone, pretrained=False).eval()
+    size = settings.feature_cache_image_size
+    images = torch.rand(4 * BATCH_LOCATIONS, 3, size, size) * 2 - 1
+    figures, features = {}, {}
+    for name, (channels_last, bf16) in FROZEN_PASSES.items():
+        memory = torch.channels_last if channels_last else torch.contiguous_format
+        net, x = backbone.to(memory_format=memory), images.contiguous(memory_format=memory)
+
+        def run(net=net, x=x, bf16=bf16) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                return net(x).float()
+
+        features[name] = run()  # the first pass also builds the kernels: not timed
+        figures[f"{name}_images_per_s"] = median_rate(
+            lambda run=run: len(images) / _seconds(run), settings.repeats
+        )
+    exact = features["float32"]
+    figures["bf16_relative_error"] = float(
+        (features["bf16_channels_last"] - exact).norm() / exact.norm()
+    )
+    figures["speedup_bf16_channels_last"] = (
+        figures["bf16_channels_last_images_per_s"] / figures["float32_images_per_s"]
+    )
+    return figures
+
+
+def _seconds(function: Callable) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def extrapolate(result: dict, settings: BenchSettings) -> dict:

@@ -64,6 +64,10 @@ def test_quick_bench_writes_every_key(quick_run):
     ]
     expected += ["train_step.tiny.32.samples_per_s", "metric.haversine_pairs_per_s"]
     expected += [f"feature_cache.{k}" for k in ("speedup", "epoch_seconds_with", "val_km_with")]
+    expected += [
+        f"feature_cache.frozen_pass.{k}"
+        for k in ("float32_images_per_s", "speedup_bf16_channels_last", "bf16_relative_error")
+    ]
     expected += [f"metric.max_rel_error_vs_geod.{k}" for k in ("float32", "bf16_autocast")]
     for n in benchmarks.EXTRAPOLATE_TO:
         expected += [f"extrapolated.{n}.cache_32_disk_gb", f"extrapolated.{n}.stats_seconds"]
@@ -75,6 +79,11 @@ def test_quick_bench_writes_every_key(quick_run):
     # The same frozen run with and without cached features: the same validation error.
     cache = result["feature_cache"]
     assert cache["val_km_with"] == pytest.approx(cache["val_km_without"], abs=1e-3)
+    frozen = cache["frozen_pass"]
+    assert frozen["speedup_bf16_channels_last"] == pytest.approx(
+        frozen["bf16_channels_last_images_per_s"] / frozen["float32_images_per_s"]
+    )
+    assert 0 < frozen["bf16_relative_error"] < 0.05  # bf16 differs, and only a little
     assert result["device"]["type"] == "cpu" and result["device"]["cores"] >= 1
     # The table shows the same figures.
     assert "loader.32.ratio" in stdout and "bench.json" in stdout

@@ -16,7 +16,7 @@ import torch
 from geoguess import inference
 from geoguess.errors import GeoguessError
 from geoguess.inference import predict
-from geoguess.models.checkpoint import CheckpointError
+from geoguess.models.checkpoint import CheckpointError, load_for_inference
 from geoguess.predict import run
 from tests.data_helpers import truncate
 from tests.train_helpers import FAST, composed, dataset, folder_data, run_cli, run_training
@@ -66,6 +66,24 @@ def test_predictions_reproduce_the_test_predictions_of_training(trained, data_ro
     assert np.allclose(merged["latitude"], merged["latitude_train"], atol=1e-5)
     assert np.allclose(merged["longitude"], merged["longitude_train"], atol=1e-5)
     assert np.allclose(merged["error_km"], merged["error_km_train"], atol=1e-2)
+
+
+def test_a_frozen_bf16_channels_last_model_predicts_as_it_tested(data_root, tmp_path):
+    """The checkpoint records model.frozen_precision and model.channels_last: both change the
+    backbone's numbers, so predict runs the passes as the test did."""
+    settings = ["unfreeze=frozen", "model.frozen_precision=bf16", "model.channels_last=true"]
+    overrides = [*FAST, *folder_data(data_root), "trainer.limit_test_batches=null", *settings]
+    results = run_training(overrides, tmp_path)
+    frame, failures = predict(results["best_checkpoint"], data_root, batch_size=16)
+    tested = pd.read_csv(tmp_path / "predictions_test.csv")
+    merged = tested.merge(frame, on="uuid", suffixes=("_train", ""))
+    assert not failures and len(merged) == len(tested) > 0
+    assert np.allclose(merged["latitude"], merged["latitude_train"], atol=1e-5)
+    assert np.allclose(merged["longitude"], merged["longitude_train"], atol=1e-5)
+    # On a model this small both layouts round alike; on Lite0 at 224 px they move guesses by
+    # up to 2 km, so the settings themselves must come back.
+    model, _ = load_for_inference(results["best_checkpoint"])
+    assert model.frozen_precision == "bf16" and model.uses_channels_last()
 
 
 def test_cli_writes_coordinates_and_radii_and_prints_the_error(trained, data_root, tmp_path):

@@ -149,9 +149,9 @@ def _config_differences(checkpoint: dict, cfg, keys) -> list[str]:
 
 def check_architecture(checkpoint: dict, spec: dict) -> None:
     """Refuse a checkpoint whose model differs from the one `spec` describes, saying how."""
-    from geoguess.models.module import CHECKPOINT_KEY
+    from geoguess.models.module import CHECKPOINT_KEY, complete_spec
 
-    stored = checkpoint[CHECKPOINT_KEY]["spec"]
+    stored = complete_spec(checkpoint[CHECKPOINT_KEY]["spec"])
     differences = [
         f"{key}: {then!r} in the checkpoint, {now!r} now"
         for key, (then, now) in _flat_pairs(stored, spec).items()

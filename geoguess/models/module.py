@@ -30,6 +30,8 @@ CHECKPOINT_KEY = "geoguess"
 CHECKPOINT_VERSION = 2
 MONITOR = "val/haversine_km"
 NORMALIZE = ("auto", "pretrained", "dataset")
+# Precision of the backbone's passes while none of it trains (model.frozen_precision).
+FROZEN_PRECISIONS = ("32", "bf16")
 
 
 class NonFiniteLossError(GeoguessError):
@@ -54,6 +56,7 @@ class GeoguessModule(L.LightningModule):
         hidden: int = 0,
         normalize: str = "auto",
         channels_last: bool | None = None,
+        frozen_precision: str = "32",
         compile: bool = False,
         check_finite_every: int = 25,
         feature_cache: bool = True,
@@ -82,6 +85,12 @@ class GeoguessModule(L.LightningModule):
         self.fitted = fitted
         self.config = config or {}
         self.channels_last = channels_last
+        self.frozen_precision = str(frozen_precision)
+        if self.frozen_precision not in FROZEN_PRECISIONS:
+            raise GeoguessError(
+                f"model.frozen_precision={frozen_precision!r} is not one of "
+                f"{', '.join(FROZEN_PRECISIONS)}"
+            )
         if compile:
             self.backbone.compile()  # in place: the state_dict keeps its keys
         # The NaN check reads the loss on the host, a device sync: every N steps, not each.
@@ -174,9 +183,22 @@ class GeoguessModule(L.LightningModule):
         b, v = images.shape[:2]
         x = images.flatten(0, 1)  # the four views go through the backbone as one batch
         x = (x.float() / 255.0 - self.input_mean) / self.input_std
-        if self._use_channels_last():
+        if self.uses_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).reshape(b, v, -1)
+        if not self._frozen_in_bf16():
+            return self.backbone(x).reshape(b, v, -1)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            features = self.backbone(x)
+        return features.float().reshape(b, v, -1)
+
+    def _frozen_in_bf16(self) -> bool:
+        """bf16 for the passes no gradient flows through: the feature cache, evaluation and a
+        frozen backbone's training steps alike, so cached and live features match."""
+        if self.frozen_precision != "bf16":
+            return False
+        return not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
+        )
 
     def _keeps_activations(self) -> bool:
         """Whether this pass must run as one batch: batch norm in training mode normalises by
@@ -192,13 +214,13 @@ class GeoguessModule(L.LightningModule):
         ):
             self.feature_cache = None
 
-    def _use_channels_last(self) -> bool:
+    def uses_channels_last(self) -> bool:
         if self.channels_last is None:
             return self.device.type == "cuda"
         return bool(self.channels_last)
 
     def on_fit_start(self) -> None:
-        if self._use_channels_last():
+        if self.uses_channels_last():
             self.backbone.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
@@ -398,6 +420,9 @@ class GeoguessModule(L.LightningModule):
             "head": self.head.spec(),
             "input_mean": [float(v) for v in self.input_mean.flatten()],
             "input_std": [float(v) for v in self.input_std.flatten()],
+            # Both change the backbone's numbers a little: predict runs as the test did.
+            "frozen_precision": self.frozen_precision,
+            "channels_last": self.channels_last,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -453,34 +478,52 @@ def _input_stats(backbone, fitted, normalize: str, pretrained: bool) -> tuple[tu
     return tuple(fitted.image_mean), tuple(fitted.image_std)
 
 
+# What checkpoints written before an option existed ran with (their specs lack its key).
+SPEC_DEFAULTS = {"hidden": 0, "frozen_precision": "32", "channels_last": None}
+
+
+def complete_spec(spec: dict) -> dict:
+    """`spec` with the keys older checkpoints lack filled in as those checkpoints ran."""
+    spec = {**SPEC_DEFAULTS, **spec}
+    if isinstance(spec.get("backbone"), dict):
+        spec["backbone"] = {"global_pool": "avg", **spec["backbone"]}
+    return spec
+
+
 def build_from_spec(spec: dict, fitted) -> GeoguessModule:
     """The module of a checkpoint, for inference: every value read as data, every part taken
     from the suite's registries (timm names, fusions, heads); anything else is refused."""
     from geoguess.models.backbones import create_backbone
 
     try:
-        name = spec["backbone"]["name"]
-        # Checkpoints written before the option existed pooled by the average.
-        pool = spec["backbone"].get("global_pool", "avg")
-        fusion, dropout = spec["fusion"], spec["dropout"]
-        hidden = spec.get("hidden", 0)  # absent before the option existed: no hidden layer
+        spec = complete_spec(spec)
+        name, pool = spec["backbone"]["name"], spec["backbone"]["global_pool"]
+        fusion, dropout, hidden = spec["fusion"], spec["dropout"], spec["hidden"]
+        frozen_precision, channels_last = spec["frozen_precision"], spec["channels_last"]
         head_spec = dict(spec["head"])
         mean, std = spec["input_mean"], spec["input_std"]
     except (KeyError, TypeError) as exc:
         raise GeoguessError(f"the checkpoint's model description lacks {exc}") from None
-    if not isinstance(name, str) or fusion not in FUSIONS or pool not in POOLS:
+    if (
+        not isinstance(name, str)
+        or fusion not in FUSIONS
+        or pool not in POOLS
+        or frozen_precision not in FROZEN_PRECISIONS
+    ):
         raise GeoguessError(
-            f"the checkpoint names an unknown backbone {name!r}, pooling {pool!r} "
-            f"or fusion {fusion!r}"
+            f"the checkpoint names an unknown backbone {name!r}, pooling {pool!r}, "
+            f"fusion {fusion!r} or frozen precision {frozen_precision!r}"
         )
     if (
         not isinstance(dropout, float | int)
         or not isinstance(hidden, int)
         or not _floats(mean)
         or not _floats(std)
+        or channels_last not in (None, True, False)
     ):
         raise GeoguessError(
-            "the checkpoint's dropout, hidden width or input statistics are not numbers"
+            "the checkpoint's dropout, hidden width, input statistics or channels_last "
+            "are not what they should be"
         )
     backbone = create_backbone(name, pretrained=False, global_pool=pool)
     return GeoguessModule(
@@ -490,6 +533,8 @@ def build_from_spec(spec: dict, fitted) -> GeoguessModule:
         fusion=fusion,
         dropout=float(dropout),
         hidden=hidden,
+        frozen_precision=frozen_precision,
+        channels_last=channels_last,
         input_stats=(tuple(mean), tuple(std)),
     )
 
