@@ -15,7 +15,7 @@
    the mean-location baseline. Perfect perception with a model trained on as many locations:
    how far below it no image model on this set should be expected to go.
 3. With `--features` (a `features-*.npy` that a run with a frozen backbone cached beside the
-   dataset's image cache, `DATA_ROOT/.geoguess-cache/*/`; `experiment=best_cpu` makes one): a
+   dataset's image cache, `DATA_ROOT/.geoguess-cache/*/`; `experiment=best_cpu_128` makes one): a
    linear zone classifier on those features, the mean over the four views, 5-fold
    cross-validated: what the backbone reads.
 

@@ -86,7 +86,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
     assert options("experiment") == [
         "best_cpu",
-        "best_cpu_224",
+        "best_cpu_128",
         "original",
         "quickstart",
         "smoke",
@@ -269,9 +269,10 @@ def test_experiments_compose(name, tmp_path):
         assert cfg.image.size == 64
     else:  # the methods study's budgets and its winner: the offline pretrained Lite0
         assert cfg.backbone.name == "efficientnet_lite0" and cfg.backbone.pretrained is True
-        sizes = {"study_finetune": 64, "best_cpu_224": 224}
+        sizes = {"study_finetune": 64, "best_cpu": 224}
         assert cfg.image.size == sizes.get(name, 128)
-        assert cfg.data.generator.image_size == (224 if name == "best_cpu_224" else 128)
+        assert cfg.data.generator.image_size == (224 if name == "best_cpu" else 128)
+        assert cfg.model.frozen_precision == ("bf16" if name == "best_cpu" else "32")
         assert cfg.data.augment is False
 
 
@@ -525,6 +526,27 @@ def test_inference_runs_the_backbone_in_bounded_chunks_with_the_same_features(fi
     assert passes == [160]
 
 
+def test_frozen_precision_bf16_runs_only_the_passes_no_gradient_flows_through(fitted):
+    """model.frozen_precision=bf16: the feature cache, evaluation and a frozen backbone's steps
+    in bf16 autocast (float32 features, close to the float32 ones); a pass whose gradients
+    train the backbone stays in float32."""
+    torch.manual_seed(0)
+    full = _module(fitted).eval()
+    half = _module(fitted, frozen_precision="bf16").eval()
+    half.load_state_dict(full.state_dict())
+    images = batch_of(fitted, 8)["images"]
+    with torch.no_grad():
+        exact, fast = full.encode_views(images), half.encode_views(images)
+        assert torch.equal(fast, half.encode_views(images))  # cached and live: the same bits
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)
+    assert (fast - exact).norm() / exact.norm() < 0.02
+    assert torch.equal(half.encode_views(images), exact)  # the backbone trains: float32
+    half.backbone.requires_grad_(False)
+    assert torch.equal(half.encode_views(images), fast)  # frozen: no gradient flows through
+    with pytest.raises(GeoguessError, match="model.frozen_precision='16'"):
+        _module(fitted, frozen_precision="16")
+
+
 def test_training_step_and_nan_loss(fitted):
     module = _module(fitted)
     batch = batch_of(fitted)
@@ -572,20 +594,33 @@ def test_checkpoint_extras_are_plain_data_that_rebuild_the_module(fitted):
 
 
 def test_a_checkpoint_from_before_pooling_and_hidden_options_rebuilds_as_it_was(fitted):
-    """Specs written before `global_pool` and `hidden` existed: average pooling, no hidden
-    layer, so their weights load as they are."""
+    """Specs written before `global_pool`, `hidden` and `frozen_precision` existed: average
+    pooling, no hidden layer, float32, so their weights load and run as they did."""
     module = _module(fitted, dropout=0.1).eval()
     spec = module.spec()
     assert spec["backbone"]["global_pool"] == "avg" and spec["hidden"] == 0
     old = {**spec, "backbone": {"name": spec["backbone"]["name"]}}
-    del old["hidden"]
+    del old["hidden"], old["frozen_precision"], old["channels_last"]
     rebuilt = build_from_spec(old, fitted).eval()
     rebuilt.load_state_dict(module.state_dict())
-    assert rebuilt.spec() == spec
+    assert rebuilt.spec() == spec and spec["frozen_precision"] == "32"
+    half = build_from_spec({**spec, "frozen_precision": "bf16"}, fitted)
+    assert half.frozen_precision == "bf16"
+    with pytest.raises(GeoguessError, match="frozen precision 'fp8'"):
+        build_from_spec({**spec, "frozen_precision": "fp8"}, fitted)
     with pytest.raises(GeoguessError, match="pooling 'gem'"):
         build_from_spec({**spec, "backbone": {**spec["backbone"], "global_pool": "gem"}}, fitted)
     with pytest.raises(GeoguessError, match="hidden width"):
         build_from_spec({**spec, "hidden": "1024"}, fitted)
+    # Resuming such a checkpoint compares it as it ran, not its missing keys.
+    from geoguess.models.checkpoint import CheckpointError, check_architecture
+
+    check_architecture({"geoguess": {"spec": old}}, spec)
+    with pytest.raises(CheckpointError, match="hidden: 0 in the checkpoint, 24 now"):
+        check_architecture({"geoguess": {"spec": old}}, {**spec, "hidden": 24})
+    assert build_from_spec({**spec, "channels_last": True}, fitted).uses_channels_last()
+    with pytest.raises(GeoguessError, match="channels_last"):
+        build_from_spec({**spec, "channels_last": "yes"}, fitted)
 
 
 @pytest.mark.parametrize("pool, width", [("avg", 256), ("max", 256), ("catavgmax", 512)])

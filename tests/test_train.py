@@ -237,12 +237,13 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
     with composed(overrides, tmp_path) as cfg:
         if experiment == "original":
             assert cfg.grid.spacing == 0.21 and cfg.data.batch_size == 8
-        if experiment == "best_cpu":
+        if experiment.startswith("best_cpu"):
             assert cfg.head._target_.endswith("HybridHead") and cfg.tta == "mirror"
             assert cfg.grid.spacing == 0.8 and cfg.backbone.name == "efficientnet_lite0"
-        if experiment == "best_cpu_224":
-            assert cfg.data.generator.image_size == 224 and cfg.model.hidden == 1024
-            assert cfg.head._target_.endswith("HybridHead") and cfg.head.decode == "median"
+            assert cfg.model.hidden == 1024 and cfg.head.decode == "median"
+        if experiment == "best_cpu":
+            assert cfg.data.generator.image_size == 224  # image.size: 32 here, for speed
+            assert cfg.model.frozen_precision == "bf16" and cfg.model.channels_last is True
     results = run_training(overrides, tmp_path)
     check_run_outputs(tmp_path, results)
 
@@ -643,14 +644,21 @@ def test_a_frozen_backbone_computes_its_features_once(data_root, tmp_path, monke
     for key in ("val_haversine_km", "test_haversine_km", "test_median_km"):
         assert plain[key] == pytest.approx(cached[key], abs=1e-3), key
     assert set((data_root / ".geoguess-cache").rglob("features-*.npy")) == features_before
-    # Another pooling of the same weights gives other features: a cache of their own.
+    # Another pooling of the same weights, or bf16 passes, give other features: a cache each.
     calls.clear()
     run_training([*base, "backbone.global_pool=catavgmax"], tmp_path / "pooled")
     assert sum(calls) == n_locations
+    half = [*base, "model.frozen_precision=bf16"]
+    halved = run_training(half, tmp_path / "bf16")
+    assert sum(calls) == 2 * n_locations
     assert (
         len(set((data_root / ".geoguess-cache").rglob("features-*.npy")))
-        == len(features_before) + 1
+        == len(features_before) + 2
     )
+    # Cached bf16 features are the bits the backbone gives live in bf16.
+    halved_plain = run_training([*half, "model.feature_cache=false"], tmp_path / "bf16-plain")
+    for key in ("val_haversine_km", "test_haversine_km", "test_median_km"):
+        assert halved_plain[key] == pytest.approx(halved[key], abs=1e-3), key
 
 
 def test_the_summary_never_calls_a_model_worse_than_the_baseline_better(tmp_path):

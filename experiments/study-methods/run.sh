@@ -33,7 +33,7 @@ frozen() {  # fixed budget: frozen pretrained Lite0 at 128 px on cached features
 finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run on 2 cores)
   sweep quickstart experiment=quickstart
   # best_cpu reads the 224 px rendering of the same locations; the quickstart on it, to compare
-  # the methods on the same images:
+  # the methods on the same images too:
   sweep quickstart-224 experiment=quickstart data.generator.image_size=224
   sweep lite0-pretrained experiment=study_finetune
   sweep lite0-scratch experiment=study_finetune backbone.pretrained=false unfreeze=never
@@ -41,9 +41,11 @@ finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run o
 
 best() {
   sweep best-cpu experiment=best_cpu
-  sweep best-cpu-224 experiment=best_cpu_224
-  # best-cpu decodes by the spatial median; the weighted mean (the default) and the top cell:
-  sweep decode experiment=best_cpu head.decode=weighted,top
+  # The same in float32, contiguous (its figures until stop 21), and on the 128 px set:
+  sweep best-cpu-fp32 experiment=best_cpu model.frozen_precision=32 model.channels_last=null
+  sweep best-cpu-128 experiment=best_cpu_128
+  # best-cpu-128 decodes by the spatial median; the weighted mean (the default) and the top cell:
+  sweep decode experiment=best_cpu_128 head.decode=weighted,top
 }
 
 real() {  # a sanity check of the real-data path on the 100 real locations (not an accuracy claim)
@@ -66,9 +68,9 @@ report() {
   "$PY" -m geoguess.report "sweeps=[$OUT/cells,$OUT/cells-adaptive]" \
     hydra.run.dir=experiments/study-methods/reports/cells
   "$PY" -m geoguess.report \
-    "sweeps=[$OUT/quickstart,$OUT/quickstart-224,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu,$OUT/best-cpu-224]" \
+    "sweeps=[$OUT/quickstart,$OUT/quickstart-224,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu-128,$OUT/best-cpu,$OUT/best-cpu-fp32]" \
     hydra.run.dir=experiments/study-methods/reports/backbones
-  "$PY" -m geoguess.report "sweeps=[$OUT/best-cpu,$OUT/decode]" \
+  "$PY" -m geoguess.report "sweeps=[$OUT/best-cpu-128,$OUT/decode]" \
     hydra.run.dir=experiments/study-methods/reports/decode
   [ -d "$OUT/real-sample" ] && "$PY" -m geoguess.report "sweeps=[$OUT/real-sample]" \
     hydra.run.dir=experiments/study-methods/reports/real-sample
