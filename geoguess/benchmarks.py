@@ -1091,6 +1091,7 @@ def bench_frozen_pass(settings: BenchSettings) -> dict:
 
     from geoguess.models.backbones import create_backbone
     from geoguess.models.feature_cache import BATCH_LOCATIONS
+    from geoguess.models.module import run_backbone
 
     torch.manual_seed(0)
     backbone = create_backbone(settings.feature_cache_backbone, pretrained=False).eval()
@@ -1099,11 +1100,11 @@ def bench_frozen_pass(settings: BenchSettings) -> dict:
     figures, features = {}, {}
     for name, (channels_last, bf16) in FROZEN_PASSES.items():
         memory = torch.channels_last if channels_last else torch.contiguous_format
-        net, x = backbone.to(memory_format=memory), images.contiguous(memory_format=memory)
+        net = backbone.to(memory_format=memory)
 
-        def run(net=net, x=x, bf16=bf16) -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                return net(x).float()
+        def run(net=net, channels_last=channels_last, bf16=bf16) -> torch.Tensor:
+            with torch.inference_mode():
+                return run_backbone(net, images, channels_last, bf16).float()
 
         features[name] = run()  # the first pass also builds the kernels: not timed
         figures[f"{name}_images_per_s"] = median_rate(

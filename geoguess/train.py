@@ -209,22 +209,15 @@ def build_feature_cache(model, datamodule):
     from geoguess.models.module import backbone_name
 
     image_cache = datamodule.report.cache
-    arch = f"{backbone_name(model.backbone)}:{global_pool(model.backbone)}"
-    # Either changes the features' bits; the defaults keep the keys of caches built before.
-    if model.frozen_precision != "32":
-        arch += f":{model.frozen_precision}"
-    if model.uses_channels_last():
-        arch += ":channels_last"
     key = feature_key(
-        arch,
+        f"{backbone_name(model.backbone)}:{global_pool(model.backbone)}{model.feature_variant()}",
         weights_digest(model.backbone),
         image_cache.key,
         image_cache.image_size,
         model.input_mean.flatten().tolist(),
         model.input_std.flatten().tolist(),
     )
-    if model.uses_channels_last():
-        model.backbone.to(memory_format=torch.channels_last)
+    model.set_backbone_layout()
     was_training = model.training
     model.eval()
     try:

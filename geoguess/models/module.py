@@ -183,29 +183,19 @@ class GeoguessModule(L.LightningModule):
         b, v = images.shape[:2]
         x = images.flatten(0, 1)  # the four views go through the backbone as one batch
         x = (x.float() / 255.0 - self.input_mean) / self.input_std
-        if self.uses_channels_last():
-            x = x.contiguous(memory_format=torch.channels_last)
-        if not self._frozen_in_bf16():
-            return self.backbone(x).reshape(b, v, -1)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            features = self.backbone(x)
-        return features.float().reshape(b, v, -1)
+        # bf16 only for the passes no gradient flows through: the feature cache, evaluation and
+        # a frozen backbone's training steps alike, so cached and live features match.
+        bf16 = self.frozen_precision == "bf16" and not self._gradients_flow()
+        return run_backbone(self.backbone, x, self.uses_channels_last(), bf16).reshape(b, v, -1)
 
-    def _frozen_in_bf16(self) -> bool:
-        """bf16 for the passes no gradient flows through: the feature cache, evaluation and a
-        frozen backbone's training steps alike, so cached and live features match."""
-        if self.frozen_precision != "bf16":
-            return False
-        return not (
-            torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
-        )
+    def _gradients_flow(self) -> bool:
+        """Whether this pass trains the backbone."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
 
     def _keeps_activations(self) -> bool:
         """Whether this pass must run as one batch: batch norm in training mode normalises by
         the batch's statistics, and a backward pass keeps every chunk's activations anyway."""
-        if self.backbone.training:
-            return True
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
+        return self.backbone.training or self._gradients_flow()
 
     def on_train_epoch_start(self) -> None:
         # After the unfreeze schedule (a callback) has set this epoch's trainable stages.
@@ -219,9 +209,18 @@ class GeoguessModule(L.LightningModule):
             return self.device.type == "cuda"
         return bool(self.channels_last)
 
-    def on_fit_start(self) -> None:
+    def feature_variant(self) -> str:
+        """What besides its weights changes the bits of the backbone's features, as a key
+        suffix ("" for the defaults, so that caches built before keep their keys)."""
+        variant = f":{self.frozen_precision}" if self.frozen_precision != "32" else ""
+        return variant + (":channels_last" if self.uses_channels_last() else "")
+
+    def set_backbone_layout(self) -> None:
         if self.uses_channels_last():
             self.backbone.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        self.set_backbone_layout()
 
     @torch.no_grad()
     def predict_latlon(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -476,6 +475,20 @@ def _input_stats(backbone, fitted, normalize: str, pretrained: bool) -> tuple[tu
         config = resolve_model_data_config(backbone)
         return tuple(config["mean"]), tuple(config["std"])
     return tuple(fitted.image_mean), tuple(fitted.image_std)
+
+
+def run_backbone(
+    backbone: nn.Module, x: torch.Tensor, channels_last: bool, bf16: bool
+) -> torch.Tensor:
+    """`backbone(x)` on normalised views, channels-last and under bf16 autocast as asked (the
+    features then come back as float32)."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if not bf16:
+        return backbone(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        features = backbone(x)
+    return features.float()
 
 
 # What checkpoints written before an option existed ran with (their specs lack its key).
