@@ -26,7 +26,7 @@ from geoguess.data.synthetic.world import GENERATOR_VERSION, SynthesizeError
 from geoguess.geo.boundary import Country
 from geoguess.geo.sampling import sample_points
 from geoguess.utils.io import make_temp_dir
-from geoguess.utils.processes import pool_context
+from geoguess.utils.processes import worker_pool
 
 UUID_NAMESPACE = uuid.UUID("5f0c8d3e-7a51-4d0b-9a8e-3c2b1f6e4d27")
 CHUNK_SIZE = 25  # locations per pool task
@@ -141,7 +141,7 @@ def _render_all(partial: Path, uuids, scenes, seed, image_size, workers, progres
             for task in tasks:
                 bar.update(_render_chunk(task))
             return
-        with pool_context().Pool(min(workers, len(tasks))) as pool:
+        with worker_pool(min(workers, len(tasks))) as pool:
             for done in pool.imap_unordered(_render_chunk, tasks):
                 bar.update(done)
 
