@@ -31,8 +31,8 @@ format: $(VENV)/.installed ## Format and fix lint with ruff
 	$(VENV)/bin/ruff format geoguess tests
 	$(VENV)/bin/ruff check --fix geoguess tests
 
-train: $(VENV)/.installed ## Train the quickstart experiment on the embedded dataset (ARGS= for overrides)
-	$(PY) -m geoguess.train experiment=quickstart $(ARGS)
+train: $(VENV)/.installed ## Train experiment=best_cpu on the embedded dataset, 4-5 CPU minutes (ARGS= for overrides)
+	$(PY) -m geoguess.train experiment=best_cpu $(ARGS)
 
 smoke: $(VENV)/.installed ## A two-minute training run on tiny settings
 	$(PY) -m geoguess.train experiment=smoke $(ARGS)

@@ -80,7 +80,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau"]
     assert options("unfreeze") == ["at_epoch", "frozen", "gradual", "never"]
     assert options("trainer") == ["cpu", "ddp", "gpu"]
-    assert options("image") == ["112px", "128px", "224px", "56px", "64px"]
+    assert options("image") == ["112px", "128px", "224px", "288px", "56px", "64px"]
     assert options("callbacks") == ["default", "with_early_stopping"]
     assert options("grid") == ["adaptive", "square"]
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
@@ -269,14 +269,14 @@ def test_experiments_compose(name, tmp_path):
         assert cfg.image.size == 64
     else:  # the methods study's budgets and its winner: the offline pretrained Lite0
         assert cfg.backbone.name == "efficientnet_lite0" and cfg.backbone.pretrained is True
-        sizes = {"study_finetune": 64, "best_cpu": 224}
+        sizes = {"study_finetune": 64, "best_cpu": 288}
         assert cfg.image.size == sizes.get(name, 128)
-        assert cfg.data.generator.image_size == (224 if name == "best_cpu" else 128)
+        assert cfg.data.generator.image_size == (288 if name == "best_cpu" else 128)
         assert cfg.model.frozen_precision == ("bf16" if name == "best_cpu" else "32")
         assert cfg.data.augment is False
 
 
-@pytest.mark.parametrize("size", [56, 64, 112, 224])
+@pytest.mark.parametrize("size", [56, 64, 112, 224, 288])
 def test_image_options_are_names_that_work_in_every_command(size, tmp_path):
     from hydra import compose, initialize_config_dir
 
@@ -901,3 +901,11 @@ def test_any_timm_backbone_fits_the_fusion_whatever_follows_its_pooling(name, fi
     assert module.fusion.out_features == 4 * width
     scores = module.eval()(torch.zeros((2, 4, 3, 32, 32), dtype=torch.uint8))
     assert scores.shape[0] == 2
+
+
+def test_make_train_runs_best_cpu():
+    """The README's `make train` is `experiment=best_cpu` (issue 10: the default run at about 4
+    CPU minutes must halve the mean-location baseline; the tiny CNN from scratch does not)."""
+    makefile = (CONF.parent / "Makefile").read_text()
+    recipe = makefile.split("\ntrain:", 1)[1].split("\n\n", 1)[0]
+    assert "-m geoguess.train experiment=best_cpu $(ARGS)" in recipe

@@ -242,7 +242,7 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
             assert cfg.grid.spacing == 0.8 and cfg.backbone.name == "efficientnet_lite0"
             assert cfg.model.hidden == 1024 and cfg.head.decode == "median"
         if experiment == "best_cpu":
-            assert cfg.data.generator.image_size == 224  # image.size: 32 here, for speed
+            assert cfg.data.generator.image_size == 288  # image.size: 32 here, for speed
             assert cfg.model.frozen_precision == "bf16" and cfg.model.channels_last is True
     results = run_training(overrides, tmp_path)
     check_run_outputs(tmp_path, results)

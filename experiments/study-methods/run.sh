@@ -32,17 +32,22 @@ frozen() {  # fixed budget: frozen pretrained Lite0 at 128 px on cached features
 
 finetune() {  # fixed budget: the quickstart's CPU time (about 4 minutes a run on 2 cores)
   sweep quickstart experiment=quickstart
-  # best_cpu reads the 224 px rendering of the same locations; the quickstart on it, to compare
-  # the methods on the same images too:
+  # best_cpu reads the 288 px rendering of the same locations (until stop 22: 224 px); the
+  # quickstart on them, to compare the methods on the same images too:
   sweep quickstart-224 experiment=quickstart data.generator.image_size=224
+  sweep quickstart-288 experiment=quickstart data.generator.image_size=288
   sweep lite0-pretrained experiment=study_finetune
   sweep lite0-scratch experiment=study_finetune backbone.pretrained=false unfreeze=never
 }
 
 best() {
   sweep best-cpu experiment=best_cpu
-  # The same in float32, contiguous (its figures until stop 21), and on the 128 px set:
-  sweep best-cpu-fp32 experiment=best_cpu model.frozen_precision=32 model.channels_last=null
+  # The same on the 224 px rendering (best_cpu in stop 21), there also in float32 and
+  # contiguous (until stop 21), and on the 128 px set:
+  local at224=(data.generator.image_size=224 image=224px)
+  sweep best-cpu-224 experiment=best_cpu "${at224[@]}"
+  sweep best-cpu-224-fp32 experiment=best_cpu "${at224[@]}" model.frozen_precision=32 \
+    model.channels_last=null
   sweep best-cpu-128 experiment=best_cpu_128
   # best-cpu-128 decodes by the spatial median; the weighted mean (the default) and the top cell:
   sweep decode experiment=best_cpu_128 head.decode=weighted,top
@@ -68,7 +73,7 @@ report() {
   "$PY" -m geoguess.report "sweeps=[$OUT/cells,$OUT/cells-adaptive]" \
     hydra.run.dir=experiments/study-methods/reports/cells
   "$PY" -m geoguess.report \
-    "sweeps=[$OUT/quickstart,$OUT/quickstart-224,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu-128,$OUT/best-cpu,$OUT/best-cpu-fp32]" \
+    "sweeps=[$OUT/quickstart,$OUT/quickstart-224,$OUT/quickstart-288,$OUT/lite0-pretrained,$OUT/lite0-scratch,$OUT/best-cpu-128,$OUT/best-cpu-224,$OUT/best-cpu-224-fp32,$OUT/best-cpu]" \
     hydra.run.dir=experiments/study-methods/reports/backbones
   "$PY" -m geoguess.report "sweeps=[$OUT/best-cpu-128,$OUT/decode]" \
     hydra.run.dir=experiments/study-methods/reports/decode
