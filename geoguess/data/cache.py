@@ -32,7 +32,7 @@ from PIL import Image, ImageFile
 
 from geoguess.data.io import HEADINGS, image_paths
 from geoguess.utils.io import make_temp_file, write_json_atomic
-from geoguess.utils.processes import worker_pool
+from geoguess.utils.processes import pool_context
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def decode_all(
     if workers <= 1 or len(paths) < 2 * CHUNKSIZE:
         yield from map(_decode_task, tasks)
         return
-    with worker_pool(workers) as pool:
+    with pool_context().Pool(workers) as pool:
         yield from pool.imap(_decode_task, tasks, chunksize=CHUNKSIZE)
 
 
@@ -403,8 +403,9 @@ def _run_writes(tasks, path: str, offset: int, image_size: int, workers: int):
         finally:
             _close_output()
         return
+    context = pool_context()
     init = (path, offset, image_size)
-    with worker_pool(workers, initializer=_open_output, initargs=init) as pool:
+    with context.Pool(workers, initializer=_open_output, initargs=init) as pool:
         # Unordered: a slow task never holds back the progress of the others.
         yield from pool.imap_unordered(_write_task, tasks, chunksize=1)
 

@@ -20,9 +20,10 @@ def pool_context() -> BaseContext:
 def worker_pool(processes: int, initializer=None, initargs: tuple = ()) -> Pool:
     """A `pool_context()` pool whose workers run BLAS and OpenMP on one thread each.
 
-    Each worker is one of `processes` busy processes: a forked numpy whose BLAS still starts
-    one thread per core oversubscribes the cores. The renderer's noise matrix products did,
-    and 2,000 locations at 320 px took 2.3x as long on 2 cores.
+    For workers that run numpy's matrix products (the renderer's noise): a forked numpy whose
+    BLAS still starts one thread per core oversubscribes the cores, and 2,000 locations at
+    320 px took 2.3x as long on 2 cores. The image-cache pools only decode with PIL: they
+    keep `pool_context()` as it is.
     """
     return pool_context().Pool(
         processes, initializer=_init_worker, initargs=(initializer, tuple(initargs))
