@@ -10,26 +10,21 @@ a check of a rendering or a backbone that does not hang on one test split of 189
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from geoguess.errors import GeoguessError
 from geoguess.geo.distance import haversine_km
+from geoguess.models.feature_cache import feature_file_locations
 
 FOLDS = 5
 
 
 def load(features: Path) -> tuple[np.ndarray, np.ndarray]:
     """`[N, 4 * F]` features and `[N, 2]` latitude, longitude, in the image cache's row order."""
-    root = features.parent.parent.parent  # DATA_ROOT/.geoguess-cache/<key>/features-*.npy
-    orders = {tuple(json.loads(p.read_text())["uuids"]) for p in features.parent.glob("*px.json")}
-    if len(orders) != 1:
-        raise SystemExit(f"{features.parent} has no single image cache index (*px.json)")
-    uuids = list(orders.pop())
-    table = pd.read_csv(root / "data.csv", index_col=0).set_index("uuid").loc[uuids]
-    x = np.load(features).reshape(len(uuids), -1).astype(np.float64)
+    table = feature_file_locations(features)
+    x = np.load(features).reshape(len(table), -1).astype(np.float64)
     return x, table[["latitude", "longitude"]].to_numpy()
 
 
@@ -60,4 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GeoguessError as exc:
+        raise SystemExit(f"error: {exc}") from None

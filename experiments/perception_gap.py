@@ -25,19 +25,19 @@ The gap between the two is what a better model (or more visible objects) could s
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from geoguess.data.synthetic.generator import location_rng, sample_locations
 from geoguess.data.synthetic.render import compose_scene
 from geoguess.data.synthetic.style import ZONES
 from geoguess.data.synthetic.world import build_world, scene_parameters
+from geoguess.errors import GeoguessError
 from geoguess.geo import Country, haversine_km
 from geoguess.metrics import baseline_errors
+from geoguess.models.feature_cache import feature_file_locations
 
 REACH_M = 120.0
 CELL_DEG = 0.3
@@ -177,13 +177,7 @@ def cell_classifier_guess(
 
 def feature_probe(features: Path) -> float:
     """5-fold accuracy of a linear zone classifier on a dataset's cached backbone features."""
-    root = features.parent.parent.parent  # DATA_ROOT/.geoguess-cache/<key>/features-*.npy
-    indexes = features.parent.glob("*px.json")  # every image cache there has the same rows
-    orders = {tuple(json.loads(path.read_text())["uuids"]) for path in indexes}
-    if len(orders) != 1:
-        raise SystemExit(f"{features.parent} has no single image cache index (*px.json)")
-    uuids = list(orders.pop())
-    table = pd.read_csv(root / "data.csv", index_col=0).set_index("uuid").loc[uuids]
+    table = feature_file_locations(features)
     scenes = scene_parameters(
         build_world(Country()), table.latitude.to_numpy(), table.longitude.to_numpy()
     )
@@ -223,4 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GeoguessError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -1,7 +1,9 @@
-"""Running the project's commands in a subprocess, as a user would."""
+"""Running the project's commands in a subprocess, as a user would; importing its
+experiment scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -34,3 +36,11 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+def experiment_script(name: str):
+    """`experiments/NAME.py` imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

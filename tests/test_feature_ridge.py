@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,7 @@ import numpy as np
 import pandas as pd
 
 from geoguess.geo.distance import haversine_km
-
-SCRIPT = Path(__file__).parents[1] / "experiments" / "feature_ridge.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("feature_ridge", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.cli import experiment_script
 
 
 def _cached_features(root: Path, latlon: np.ndarray, x: np.ndarray) -> tuple[Path, np.ndarray]:
@@ -35,7 +26,7 @@ def _cached_features(root: Path, latlon: np.ndarray, x: np.ndarray) -> tuple[Pat
 
 
 def test_features_that_hold_the_location_score_near_zero_and_noise_near_the_baseline(tmp_path):
-    ridge = _script()
+    ridge = experiment_script("feature_ridge")
     rng = np.random.default_rng(0)
     latlon = np.column_stack([rng.uniform(42.5, 46.3, 400), rng.uniform(13.6, 19.3, 400)])
     mixing = rng.normal(size=(2, 32))

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).parents[1] / "experiments" / "perception_gap.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("perception_gap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.cli import experiment_script
 
 
 def test_the_objects_around_a_location_name_its_zone():
-    gap = _script()
+    gap = experiment_script("perception_gap")
     counts, zone = gap.object_counts(400, seed=0)
     names = sorted({name for found in counts for name in found})
     assert {"house:stone", "tree:cypress", "plot:maize", "campanile:"} <= set(names)
@@ -32,7 +22,7 @@ def test_perfect_perception_locates_far_better_than_the_mean():
     """The km bound: a cell classifier on what was drawn beats the mean-location baseline by
     far; the sea and relief alone, much less (on 320 training locations: 63 km from objects and
     geometry, 103 from geometry alone, against 130)."""
-    figures = _script().perfect_perception_km(400, seed=0, cell_deg=0.5)
+    figures = experiment_script("perception_gap").perfect_perception_km(400, seed=0, cell_deg=0.5)
     assert figures["objects + geometry"] < 0.6 * figures["baseline"]
     assert figures["objects"] < 0.6 * figures["baseline"] < figures["geometry"]
     assert figures["geometry"] < 0.9 * figures["baseline"]

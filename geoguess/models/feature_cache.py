@@ -15,9 +15,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from geoguess.errors import GeoguessError
 from geoguess.utils.io import make_temp_file
 
 log = logging.getLogger(__name__)
@@ -78,3 +80,15 @@ class FeatureCache:
         finally:
             tmp.unlink(missing_ok=True)
         return cls(path)
+
+
+def feature_file_locations(features: Path) -> pd.DataFrame:
+    """The dataset's `data.csv` rows (uuid index; latitude, longitude, ...) of a cached
+    `DATA_ROOT/.geoguess-cache/<key>/features-*.npy`, in the features' row order: that of the
+    image cache indexes (`*px.json`) beside it, which all list the same locations."""
+    root = features.parent.parent.parent
+    indexes = features.parent.glob("*px.json")
+    orders = {tuple(json.loads(path.read_text())["uuids"]) for path in indexes}
+    if len(orders) != 1:
+        raise GeoguessError(f"{features.parent} has no single image cache index (*px.json)")
+    return pd.read_csv(root / "data.csv", index_col=0).set_index("uuid").loc[list(orders.pop())]

@@ -17,7 +17,7 @@ def pool_context() -> BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def worker_pool(processes: int, initializer=None, initargs: tuple = ()) -> Pool:
+def worker_pool(processes: int) -> Pool:
     """A `pool_context()` pool whose workers run BLAS and OpenMP on one thread each.
 
     For workers that run numpy's matrix products (the renderer's noise): a forked numpy whose
@@ -25,14 +25,10 @@ def worker_pool(processes: int, initializer=None, initargs: tuple = ()) -> Pool:
     320 px took 2.3x as long on 2 cores. The image-cache pools only decode with PIL: they
     keep `pool_context()` as it is.
     """
-    return pool_context().Pool(
-        processes, initializer=_init_worker, initargs=(initializer, tuple(initargs))
-    )
+    return pool_context().Pool(processes, initializer=_one_thread_each)
 
 
-def _init_worker(initializer, initargs: tuple) -> None:
+def _one_thread_each() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    if initializer is not None:
-        initializer(*initargs)
