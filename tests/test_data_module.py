@@ -13,16 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from geoguess.data import (
-    DataError,
-    FittedData,
-    FolderDataModule,
-    GeoguesserDataset,
-    SyntheticDataModule,
-)
+from geoguess.data import DataError, FittedData, FolderDataModule, GeoguesserDataset
 from geoguess.data import stats as stats_mod
 from geoguess.data.targets import TargetSpace
 from geoguess.geo import build_grid, haversine_km
+from geoguess.synthetic import SyntheticDataModule
 from geoguess.utils.io import OutputExistsError
 from tests.conftest import REPO_ROOT
 from tests.data_helpers import croatia, set_cell, touch_newer, truncate, view_path, write_dataset

@@ -18,20 +18,15 @@ import pytest
 from PIL import Image
 
 from geoguess.data.io import HEADINGS
-from geoguess.data.synthetic import SynthesizeError, dataset_key, generate
-from geoguess.data.synthetic.generator import location_uuids, sample_locations
-from geoguess.data.synthetic.render import render_views
-from geoguess.data.synthetic.style import FIELD_KINDS, TREE_FORMS, ZONES, expected_style
-from geoguess.data.synthetic.world import (
-    MARGIN_M,
-    RAY_HEADINGS_DEG,
-    build_world,
-    check_coverage,
-    scene_parameters,
-)
 from geoguess.errors import GeoguessError
 from geoguess.geo import Country
 from geoguess.geo.boundary import DEFAULT_BOUNDARY, DEFAULT_NEIGHBOURS
+from geoguess.synthetic import SynthesizeError, dataset_key, generate, generator
+from geoguess.synthetic.generator import location_uuids, sample_locations
+from geoguess.synthetic.render import render_views
+from geoguess.synthetic.scene import RAY_HEADINGS_DEG, scene_parameters
+from geoguess.synthetic.style import FIELD_KINDS, TREE_FORMS, ZONES, expected_style
+from geoguess.synthetic.world import MARGIN_M, build_world, check_coverage
 from tests.cli import run_module
 
 SMALL = {"num_locations": 30, "image_size": 32, "progress": False}
@@ -104,8 +99,6 @@ def test_refuses_to_overwrite_unless_asked(small, tmp_path, croatia):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, croatia, monkeypatch):
-    import geoguess.data.synthetic.generator as generator
-
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -259,7 +252,7 @@ def test_another_country_is_refused_without_its_neighbours(tmp_path):
 
 
 def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    return run_module("geoguess.data.synthesize", *overrides, timeout=120)
+    return run_module("geoguess.synthesize", *overrides, timeout=120)
 
 
 def test_cli_generates_then_refuses_to_overwrite(tmp_path):
