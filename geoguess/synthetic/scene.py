@@ -22,6 +22,7 @@ RAY_DISTANCES_KM = np.array(
 SEA_VISIBLE_KM = 15.0  # the sea farther than this along a ray is too thin to draw
 EARTH_RADIUS_M = 6_371_008.8
 EYE_HEIGHT_M = 3.0
+
 # (name, latitude, longitude, weight, radius in km): settlement density bumps.
 CITIES = (
     ("Zagreb", 45.815, 15.982, 1.0, 12),
@@ -38,6 +39,7 @@ CITIES = (
     ("Sisak", 45.466, 16.378, 0.3, 4),
     ("Vukovar", 45.350, 19.000, 0.3, 4),
 )
+
 # Zone weights are raised to this power: a location is mostly of one zone, blended at borders.
 ZONE_SHARPNESS = 4.0
 

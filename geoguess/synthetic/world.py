@@ -33,6 +33,7 @@ CELL_M = 1000.0  # land/sea and elevation raster resolution
 DISTANCE_CELL_M = 4000.0  # distance to the sea is smooth, a coarse grid is enough
 MARGIN_M = 70_000.0  # rays reach 60 km beyond the outermost location
 MIN_SEA_KM2 = 20.0  # water parts smaller than this are slivers between country polygons
+
 # (name, latitude, longitude, height in m, radius in km): relief added to the coastal range,
 # so that the horizon of most places shows the real ranges, islands and hills in their
 # directions.

@@ -21,6 +21,7 @@ from geoguess.synthetic.style import zone_style
 
 RAYS_PER_VIEW = 5  # rays at -45, -22.5, 0, 22.5, 45 degrees of a 90-degree view
 RAYS_TOTAL = 16
+
 # (4, 5) indices into the 16 compass rays (22.5 degrees apart), left to right for each heading.
 VIEW_RAYS = (np.arange(4)[:, None] * 4 + np.arange(-2, 3)[None, :]) % RAYS_TOTAL
 
@@ -41,7 +42,7 @@ def compose_scene(scene: dict[str, np.ndarray], rng: np.random.Generator):
 def render_views(scene: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
     """The four views (headings 0, 90, 180, 270) of one location: uint8 (4, size, size, 3).
 
-    `scene` holds one location's entries of `world.scene_parameters`.
+    `scene` holds one location's entries of `scene.scene_parameters`.
     """
     s = int(size)
     scene, light, palette, layout = compose_scene(scene, rng)

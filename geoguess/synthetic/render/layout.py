@@ -15,6 +15,7 @@ from geoguess.synthetic.style import FIELD_KINDS, HOUSE_FORMS, TREE_FORMS
 # The edge of a wood, by the tree form that makes it up.
 WOOD_STYLES = {"cypress": "cypresses", "pine": "umbrella", "olive": "macchia", "fir": "conifer",
                "deciduous": "round", "poplar": "poplars", "palm": "macchia"}  # fmt: skip
+
 # Trees planted in rows along roads (poplars inland, cypresses and palms on the southern coast):
 # a row appears with this multiple of the form's share.
 ROW_FORMS = {"poplar": 2.5, "cypress": 1.0, "palm": 2.0}
