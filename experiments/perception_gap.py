@@ -3,9 +3,9 @@
 .venv/bin/python experiments/perception_gap.py [--locations 3000] [--seed 0] [--features FILE]
 
 1. Object oracle: for the generator's first `--locations` locations of `--seed`, the renderer's
-   own layouts (`render.compose_scene`, same RNG order as the images) are counted: houses and
-   trees by form, landmarks, walls, fences, woods by style, fields by kind, within 120 m along
-   the road. A small MLP on log counts predicts each location's most likely zone (80 % train,
+   own layouts (`geoguess.synthetic.render.compose_scene`, same RNG order as the images) are
+   counted: houses and trees by form, landmarks, walls, fences, woods by style, fields by kind,
+   within 120 m along the road. A small MLP on log counts predicts each location's most likely zone (80 % train,
    20 % test): what perfect perception of the objects would give, with nothing of the
    geometry (sea, relief). Then the same with one group of objects alone, and without it.
 2. The same in km: a small MLP classifies each location into 0.3-degree cells from the object
@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoguess.data.synthetic.generator import location_rng, sample_locations
-from geoguess.data.synthetic.render import compose_scene
-from geoguess.data.synthetic.style import ZONES
-from geoguess.data.synthetic.world import build_world, scene_parameters
 from geoguess.errors import GeoguessError
 from geoguess.geo import Country, haversine_km
 from geoguess.metrics import baseline_errors
 from geoguess.models.feature_cache import feature_file_locations
+from geoguess.synthetic.generator import location_rng, sample_locations
+from geoguess.synthetic.render import compose_scene
+from geoguess.synthetic.scene import scene_parameters
+from geoguess.synthetic.style import ZONES
+from geoguess.synthetic.world import build_world
 
 REACH_M = 120.0
 CELL_DEG = 0.3

@@ -4,7 +4,7 @@
 
 Prints the mean-location baseline, the pixel-statistics probe (ridge regression on per-view
 band colour statistics), the sky-pixel R² and the zone oracle (see
-geoguess/data/synthetic/probe.py). The split
+geoguess/synthetic/probe.py). The split
 is the data module's default hash split (train 0.8 / val 0.1 / test 0.1, by uuid): the probe fits
 on "train" and is scored on "test", like `python -m geoguess.train`. With --run, the run's
 results.json (a training run on the same data.root) is printed beside it.
@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from geoguess.data.synthetic.probe import probe_dataset, zone_oracle_km
+from geoguess.synthetic.probe import probe_dataset, zone_oracle_km
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1040,7 +1040,7 @@ def bench_feature_cache(settings: BenchSettings, work: Path) -> dict:
     import subprocess
     import sys
 
-    from geoguess.data.synthetic import generate
+    from geoguess.synthetic import generate
 
     root = work / "feature-cache-data"
     if not (root / "data.csv").exists():

@@ -13,16 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from geoguess.data import (
-    DataError,
-    FittedData,
-    FolderDataModule,
-    GeoguesserDataset,
-    SyntheticDataModule,
-)
+from geoguess.data import DataError, FittedData, FolderDataModule, GeoguesserDataset
 from geoguess.data import stats as stats_mod
 from geoguess.data.targets import TargetSpace
 from geoguess.geo import build_grid, haversine_km
+from geoguess.synthetic import SyntheticDataModule
 from geoguess.utils.io import OutputExistsError
 from tests.conftest import REPO_ROOT
 from tests.data_helpers import croatia, set_cell, touch_newer, truncate, view_path, write_dataset
@@ -355,6 +350,11 @@ def test_hydra_configs_instantiate(dataset, cache_dir):
     assert dm.fitted.grid.spacing == 0.5 and "train_latitude" in dm.fitted.grid.table
     assert synthetic.data.root is None and synthetic.data.split_by == "hash"
     assert set(synthetic.data.generator) == {"num_locations", "seed", "image_size"}
+    generated = instantiate(synthetic.data, _partial_=True)(
+        country=croatia(), grid=grid_factory, image_size=SIZE, progress=False
+    )  # nothing is generated before prepare_data
+    assert isinstance(generated, SyntheticDataModule) and generated.root is None
+    assert generated.generator == dict(synthetic.data.generator)
     assert set(cfg.data) - {"_target_"} <= set(synthetic.data)
 
 

@@ -298,13 +298,13 @@ def test_parallel_jobs_on_a_fresh_cache_share_the_set_the_first_one_generated(
     that finishes second must use the first one's set, not fail on the rename."""
     import shutil
 
-    from geoguess.data import synthetic_source
-    from geoguess.data.synthetic import generator
     from geoguess.geo import Country
+    from geoguess.synthetic import cache as synthetic_cache
+    from geoguess.synthetic import generator
 
-    monkeypatch.setenv(synthetic_source.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(synthetic_cache.CACHE_ENV, str(tmp_path / "cache"))
     settings = {"num_locations": 3, "seed": 0, "image_size": 16}
-    root = synthetic_source.synthetic_root(Country(), 3, 0, 16)
+    root = synthetic_cache.synthetic_root(Country(), 3, 0, 16)
     real_write_csv = generator._write_csv
 
     def write_csv_then_lose_the_race(path, *args):
@@ -312,7 +312,7 @@ def test_parallel_jobs_on_a_fresh_cache_share_the_set_the_first_one_generated(
         shutil.copytree(path.parent, root)  # the other job's identical set lands first
 
     monkeypatch.setattr(generator, "_write_csv", write_csv_then_lose_the_race)
-    got = synthetic_source.resolve_synthetic(None, Country(), settings, workers=1, progress=False)
+    got = synthetic_cache.resolve_synthetic(None, Country(), settings, workers=1, progress=False)
     assert got == root
     assert len((root / "data.csv").read_text().splitlines()) == 1 + 3
     assert [p.name for p in root.parent.iterdir()] == [root.name]  # no partial folder left
@@ -323,7 +323,7 @@ def test_parallel_jobs_on_a_fresh_cache_share_the_set_the_first_one_generated(
         generator, "_write_csv", lambda path, *args: (root / "stray").mkdir(parents=True)
     )
     with pytest.raises(generator.SynthesizeError, match="appeared while generating"):
-        synthetic_source.resolve_synthetic(None, Country(), settings, workers=1, progress=False)
+        synthetic_cache.resolve_synthetic(None, Country(), settings, workers=1, progress=False)
 
 
 # -- submitit -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from uuid import UUID, uuid5
 
@@ -18,21 +19,16 @@ import pytest
 from PIL import Image
 
 from geoguess.data.io import HEADINGS
-from geoguess.data.synthetic import SynthesizeError, dataset_key, generate
-from geoguess.data.synthetic.generator import location_uuids, sample_locations
-from geoguess.data.synthetic.render import render_views
-from geoguess.data.synthetic.style import FIELD_KINDS, TREE_FORMS, ZONES, expected_style
-from geoguess.data.synthetic.world import (
-    MARGIN_M,
-    RAY_HEADINGS_DEG,
-    build_world,
-    check_coverage,
-    scene_parameters,
-)
 from geoguess.errors import GeoguessError
 from geoguess.geo import Country
 from geoguess.geo.boundary import DEFAULT_BOUNDARY, DEFAULT_NEIGHBOURS
-from tests.cli import run_module
+from geoguess.synthetic import SynthesizeError, dataset_key, generate, generator
+from geoguess.synthetic.generator import location_uuids, sample_locations
+from geoguess.synthetic.render import render_views
+from geoguess.synthetic.scene import RAY_HEADINGS_DEG, scene_parameters
+from geoguess.synthetic.style import FIELD_KINDS, TREE_FORMS, ZONES, expected_style
+from geoguess.synthetic.world import MARGIN_M, build_world, check_coverage
+from tests.cli import command_env, run_module
 
 SMALL = {"num_locations": 30, "image_size": 32, "progress": False}
 MAKARSKA = (43.297, 17.018)  # on the shore, Biokovo rising behind it to the north-east
@@ -104,8 +100,6 @@ def test_refuses_to_overwrite_unless_asked(small, tmp_path, croatia):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, croatia, monkeypatch):
-    import geoguess.data.synthetic.generator as generator
-
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -259,7 +253,7 @@ def test_another_country_is_refused_without_its_neighbours(tmp_path):
 
 
 def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    return run_module("geoguess.data.synthesize", *overrides, timeout=120)
+    return run_module("geoguess.synthesize", *overrides, timeout=120)
 
 
 def test_cli_generates_then_refuses_to_overwrite(tmp_path):
@@ -299,3 +293,38 @@ def test_worker_processes_run_blas_on_one_thread():
     with worker_pool(2) as pool:
         assert pool.map(_blas_threads, range(4)) == [1, 1, 1, 1]
     assert _blas_threads() >= 2  # the parent's own threads are left as they were
+
+
+def test_the_package_exports_its_api_and_loads_torch_only_for_the_data_module():
+    """`geoguess.synthetic` resolves each public name from its own module; generating (and
+    finding the cached set) must not pull in torch, which only the data module needs."""
+    import geoguess.synthetic as synthetic
+    from geoguess.synthetic import cache, datamodule, errors, preview, probe, version
+
+    expected = {
+        "GENERATOR_VERSION": version.GENERATOR_VERSION,
+        "SynthesizeError": errors.SynthesizeError,
+        "SyntheticDataModule": datamodule.SyntheticDataModule,
+        "cache_dir": cache.cache_dir,
+        "dataset_key": version.dataset_key,
+        "generate": generator.generate,
+        "probe_dataset": probe.probe_dataset,
+        "resolve_synthetic": cache.resolve_synthetic,
+        "synthetic_root": cache.synthetic_root,
+        "write_preview": preview.write_preview,
+    }
+    assert sorted(synthetic.__all__) == sorted(expected)
+    for name, value in expected.items():
+        assert getattr(synthetic, name) is value, name
+    with pytest.raises(AttributeError, match="no attribute 'render_view'"):
+        synthetic.render_view  # noqa: B018
+    probe = (
+        "import sys; from geoguess.synthetic import generate, resolve_synthetic; "
+        "print('torch' in sys.modules); from geoguess.synthetic import SyntheticDataModule; "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=command_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

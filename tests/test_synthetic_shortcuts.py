@@ -1,6 +1,6 @@
 """Shortcut guard: trivial pixel statistics must not locate the synthetic views.
 
-The probes (`geoguess.data.synthetic.probe`) are the ones of issue 10. On the v1 generator,
+The probes (`geoguess.synthetic.probe`) are the ones of issue 10. On the v1 generator,
 400 locations at 64 px gave a pixel-statistics probe at 0.41-0.43x the mean-location baseline
 and a sky-pixel R² of 0.91-0.93: both tests below failed there.
 """
@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 
 from geoguess.data.split import split_by_hash
-from geoguess.data.synthetic import generate
-from geoguess.data.synthetic.probe import (
+from geoguess.geo import Country
+from geoguess.metrics import baseline_errors
+from geoguess.synthetic import generate
+from geoguess.synthetic.probe import (
     PROBE_SIZE,
     band_features,
     probe_dataset,
@@ -24,8 +26,6 @@ from geoguess.data.synthetic.probe import (
     sky_features,
     zone_oracle_km,
 )
-from geoguess.geo import Country
-from geoguess.metrics import baseline_errors
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def fast_experiment(folder: Path, name: str = "ci_fast") -> list[str]:
 
 def dataset(base: Path, num_locations: int = 80, image_size: int = 32, seed: int = 0) -> Path:
     """A generated dataset under `base`, made once per settings (kept for the session)."""
-    from geoguess.data.synthetic import generate
+    from geoguess.synthetic import generate
 
     root = Path(base) / f"synthetic-n{num_locations}-s{seed}-{image_size}px"
     if not (root / "data.csv").exists():

@@ -15,7 +15,6 @@ _EXPORTS = {
     "FittedData": "geoguess.data.fitted",
     "FolderDataModule": "geoguess.data.datamodule",
     "GeoDataModule": "geoguess.data.datamodule",
-    "SyntheticDataModule": "geoguess.data.synthetic_datamodule",
     "GeoguesserDataset": "geoguess.data.dataset",
     "ValidationReport": "geoguess.data.validation",
 }
@@ -26,7 +25,6 @@ __all__ = [
     "FolderDataModule",
     "GeoDataModule",
     "GeoguesserDataset",
-    "SyntheticDataModule",
     "ValidationReport",
 ]
 
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
     from geoguess.data.dataset import GeoguesserDataset
     from geoguess.data.fitted import FittedData
     from geoguess.data.io import DataError
-    from geoguess.data.synthetic_datamodule import SyntheticDataModule
     from geoguess.data.validation import ValidationReport
 
 

@@ -1,5 +1,5 @@
 """Lightning data modules: a dataset on disk (`data=folder`) and the generated one
-(`data=synthetic`, in `synthetic_datamodule.py`) share `FolderDataModule`'s validation, splits,
+(`data=synthetic`, `geoguess.synthetic.datamodule`) share `FolderDataModule`'s validation, splits,
 train-only fitting and loaders.
 
 See docs/data-interface.md for the interface the training code relies on and docs/data.md for

@@ -21,8 +21,8 @@ from geoguess.utils.cli import CONFIG_PATH, user_errors
 def main(cfg: DictConfig) -> int:
     from geoguess import runs
     from geoguess.data.io import as_roots
-    from geoguess.data.synthetic_source import resolve_synthetic
     from geoguess.data.validation import SKIP_HINT, validate_dataset
+    from geoguess.synthetic.cache import resolve_synthetic
     from geoguess.utils.cli import instantiate
     from geoguess.utils.io import write_csv_atomic
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoguess.data.datamodule import GeoDataModule
-from geoguess.data.synthetic_source import resolve_synthetic
+from geoguess.synthetic.cache import resolve_synthetic
 
 
 class SyntheticDataModule(GeoDataModule):

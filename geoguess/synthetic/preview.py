@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
 
 from geoguess.data.io import HEADINGS
 from geoguess.geo.boundary import Country
+from geoguess.synthetic.regions import regions, zones
+from geoguess.synthetic.style import ZONES
+from geoguess.synthetic.world import build_world
+from geoguess.utils.io import atomic_write
 
 LANDSCAPES = ("coast", "mountains", "plains")
 PER_LANDSCAPE = 2
@@ -18,9 +24,6 @@ LABEL_WIDTH = 150
 def landscape_of(country: Country, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, list]:
     """Per location: 'coast', 'mountains', 'plains' or '' (hills and the rest), and the name of
     its most likely zone (`style.ZONES`)."""
-    from geoguess.data.synthetic.style import ZONES
-    from geoguess.data.synthetic.world import build_world, regions, zones
-
     world = build_world(country)
     x, y = country.projector.forward(lat, lon)
     sea_km, elevation = world.sea_km.sample(x, y), world.elevation.sample(x, y)
@@ -36,11 +39,6 @@ def landscape_of(country: Country, lat: np.ndarray, lon: np.ndarray) -> tuple[np
 def write_preview(root: str | Path, path: str | Path, country: Country | None = None) -> Path:
     """Write `path` (PNG): two locations of each landscape, their four views in a row, labelled
     with the landscape, the zone and the position. Returns `path`."""
-    import pandas as pd
-    from PIL import Image, ImageDraw
-
-    from geoguess.utils.io import atomic_write
-
     root, country = Path(root), country or Country()
     frame = pd.read_csv(root / "data.csv", index_col=0)
     lat, lon = frame["latitude"].to_numpy(float), frame["longitude"].to_numpy(float)

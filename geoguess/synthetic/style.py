@@ -1,7 +1,7 @@
 """Croatia's landscapes as the renderer draws them: what grows, what is built, by zone.
 
 Each location belongs to one zone, drawn per location from the zone weights that its position
-gives (`world.zones`; they blend near a zone's border). The zone decides the shares of tree
+gives (`regions.zones`; they blend near a zone's border). The zone decides the shares of tree
 forms, field kinds and house forms, and how often dry-stone walls, wooden fences and the
 zone's landmarks line the road; the renderer then draws every tree, field and house from those
 shares, so no single object decides the zone, and no zone decides a colour. Numpy only: the

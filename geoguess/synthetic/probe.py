@@ -21,9 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from geoguess.data.io import HEADINGS
+from geoguess.data.split import split_by_hash
 from geoguess.geo import Country, haversine_km
+from geoguess.synthetic.scene import scene_parameters
+from geoguess.synthetic.world import build_world
 
 PROBE_SIZE = 64
 BANDS = 4
@@ -53,8 +58,6 @@ class ProbeResult:
 
 def load_views(root: str | Path, uuids: Sequence[str], size: int | None = None) -> np.ndarray:
     """(n, 4, H, W, 3) uint8 views of a dataset folder, optionally resized to `size` px."""
-    from PIL import Image
-
     stack = []
     for name in uuids:
         views = []
@@ -164,10 +167,6 @@ def probe_dataset(
     beside a trained model's; None instead scores every location once, out of fold, over five
     80/20 rotations (more locations scored, so steadier on a small set).
     """
-    import pandas as pd
-
-    from geoguess.data.split import split_by_hash
-
     country = country or Country()
     frame = pd.read_csv(Path(root) / "data.csv", index_col=0)
     uuids = frame["uuid"].astype(str).tolist()
@@ -194,8 +193,6 @@ def probe_dataset(
 
 
 def _resize(views: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     flat = views.reshape(-1, *views.shape[2:])
     out = [
         np.asarray(Image.fromarray(v).resize((size, size), Image.Resampling.BILINEAR)) for v in flat
@@ -210,11 +207,6 @@ def zone_oracle_km(
     guesses the training locations' mean position in that zone: how much location the zone
     cues carry, whatever model reads them (a ceiling for zone recognition alone, not for the
     sea and relief cues)."""
-    import pandas as pd
-
-    from geoguess.data.split import split_by_hash
-    from geoguess.data.synthetic.world import build_world, scene_parameters
-
     country = country or Country()
     frame = pd.read_csv(Path(root) / "data.csv", index_col=0)
     lat, lon = frame["latitude"].to_numpy(float), frame["longitude"].to_numpy(float)

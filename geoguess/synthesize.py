@@ -1,7 +1,7 @@
-"""`python -m geoguess.data.synthesize data.root=OUT data.generator.num_locations=N`: the
-embedded dataset.
+"""`python -m geoguess.synthesize data.root=OUT data.generator.num_locations=N`: the embedded
+dataset.
 
-Generates the synthetic dataset (`geoguess.data.synthetic`, described in docs/synthetic.md) and
+Generates the synthetic dataset (`geoguess.synthetic`, described in docs/synthetic.md) and
 writes a contact sheet of it, `preview.png`, into the run folder.
 """
 
@@ -13,20 +13,19 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from geoguess.data.synthetic import SynthesizeError, generate
-from geoguess.data.synthetic.preview import write_preview
+from geoguess import runs
 from geoguess.geo import Country
+from geoguess.synthetic.errors import SynthesizeError
+from geoguess.synthetic.generator import generate
+from geoguess.synthetic.preview import write_preview
 from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 
-__all__ = ["SynthesizeError", "generate", "main"]
+__all__ = ["main"]
 
 
-# The config folder is relative to this module, one level deeper than the other CLIs.
-@hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="synthesize")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="synthesize")
 @user_errors
 def main(cfg: DictConfig) -> Path:
-    from geoguess import runs
-
     runs.claim(cfg)
     root = cfg.data.root
     if root is None:

@@ -3,8 +3,9 @@
 Street View images are Google's and cannot ship with the project, so `data=synthetic` trains on
 generated locations instead: uniform by area over the country, four rendered views each, in the
 folder format of the real data (`data.csv` + `images/<uuid>/{0,90,180,270}.jpg`). The views
-carry a location signal taken from the real geography (see `world`), mostly in shapes and
-layout, under light, weather and camera variation that carries none. Same seed, same bytes.
+carry a location signal taken from the real geography (see `world` and `scene`), mostly in
+shapes and layout, under light, weather and camera variation that carries none. Same seed, same
+bytes.
 
 The dataset appears atomically: it is written into a hidden sibling folder and renamed into
 place at the end, so an interrupted run never leaves something that looks complete.
@@ -20,11 +21,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from geoguess.data.io import HEADINGS
-from geoguess.data.synthetic.world import GENERATOR_VERSION, SynthesizeError
 from geoguess.geo.boundary import Country
 from geoguess.geo.sampling import sample_points
+from geoguess.synthetic.errors import SynthesizeError
+from geoguess.synthetic.render import render_views
+from geoguess.synthetic.scene import scene_parameters
+from geoguess.synthetic.version import GENERATOR_VERSION
+from geoguess.synthetic.world import build_world
 from geoguess.utils.io import make_temp_dir
 from geoguess.utils.processes import worker_pool
 
@@ -51,8 +58,6 @@ def generate(
     Deterministic: the same settings give byte-identical files. Refuses to replace an existing,
     non-empty `root` unless `overwrite`. `country` None means the shipped Croatia.
     """
-    from geoguess.data.synthetic.world import build_world, scene_parameters  # shapely, pyproj
-
     root = Path(root).expanduser()
     num_locations, seed, image_size, workers = _check_settings(
         num_locations, seed, image_size, workers
@@ -115,8 +120,6 @@ def location_rng(seed: int, index: int) -> np.random.Generator:
 def render_location(scene: Mapping[str, np.ndarray], seed: int, index: int, image_size: int):
     """The four views (uint8) and JPEG quality of location `index`: its own RNG, so chunking
     and the number of workers cannot change a byte."""
-    from geoguess.data.synthetic.render import render_views
-
     rng = location_rng(seed, index)
     views = render_views(scene, image_size, rng)
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
@@ -131,8 +134,6 @@ def _render_all(partial: Path, uuids, scenes, seed, image_size, workers, progres
          {key: value[start : start + CHUNK_SIZE] for key, value in scenes.items()})
         for start in range(0, len(uuids), CHUNK_SIZE)
     ]  # fmt: skip
-    from tqdm.auto import tqdm
-
     bar = tqdm(
         total=len(uuids), desc="rendering synthetic locations", unit="loc", disable=not progress
     )
@@ -148,8 +149,6 @@ def _render_all(partial: Path, uuids, scenes, seed, image_size, workers, progres
 
 def _render_chunk(task) -> int:
     """Render and write one chunk of locations."""
-    from PIL import Image
-
     images, seed, image_size, start, uuids, scenes = task
     for offset, name in enumerate(uuids):
         scene = {key: value[offset] for key, value in scenes.items()}

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from geoguess.data.io import CSV_NAME, DataError
 from geoguess.geo import Country
+from geoguess.synthetic.errors import SynthesizeError
+from geoguess.synthetic.version import dataset_key
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ def cache_dir() -> Path:
 
 
 def synthetic_root(country: Country, num_locations: int, seed: int, image_size: int) -> Path:
-    from geoguess.data.synthetic import dataset_key
-
     return cache_dir() / dataset_key(country, num_locations, seed, image_size)
 
 
@@ -51,13 +51,15 @@ def resolve_synthetic(
         raise DataError(
             f"data.root={root} holds no dataset (no {CSV_NAME}). data=synthetic makes its set "
             f"in the cache when data.root is left out; to generate one at {root}, run "
-            f"`python -m geoguess.data.synthesize data.root={root}`; for your own data, use "
+            f"`python -m geoguess.synthesize data.root={root}`; for your own data, use "
             f"data=folder data.root=PATH"
         )
     num_locations, seed, size = (int(generator[k]) for k in ("num_locations", "seed", "image_size"))
     root = synthetic_root(country, num_locations, seed, size)
     if not (root / CSV_NAME).is_file():
-        from geoguess.data.synthetic import SynthesizeError, generate
+        # Only a missing set needs the generator (shapely rasters, the renderer, PIL): a cached
+        # one is found without loading it.
+        from geoguess.synthetic.generator import generate
 
         log.info("generating a synthetic dataset of %d locations in %s", num_locations, root)
         try:
