@@ -1,4 +1,4 @@
-"""The sweep report (`geoguess.sweeps.report`, `python -m geoguess.report`) on fabricated job
+"""The sweep report (`geoguess.sweeps`, `python -m geoguess.report`) on fabricated job
 folders: every number is checked against one computed here from the fabricated results."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from geoguess.errors import GeoguessError
-from geoguess.sweeps.report import build_report, markdown, parse_overrides, write_report
+from geoguess.report import write_report
+from geoguess.sweeps.jobs import parse_overrides
+from geoguess.sweeps.markdown import markdown
+from geoguess.sweeps.summary import build_report
 from tests.cli import run_module
 
 # val/test km of the spacing x head x seed sweep: (spacing, head, seed) -> (val, test)

@@ -14,7 +14,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from geoguess.sweeps.report import SEED, Group, Report, Study, Trials, state_name  # noqa: E402
+from geoguess.sweeps.jobs import Study  # noqa: E402
+from geoguess.sweeps.summary import Report  # noqa: E402
+from geoguess.sweeps.table import Group, settings_of  # noqa: E402
+from geoguess.sweeps.trials import Trials, state_name  # noqa: E402
 from geoguess.utils.io import atomic_write  # noqa: E402
 
 # Beyond this many lines in one panel, points are drawn without lines or legend (an Optuna
@@ -25,7 +28,7 @@ VAL, TEST = "val_haversine_km", "test_haversine_km"
 
 def plot_report(report: Report, path: str | Path, overwrite: bool = False) -> None:
     """One row per dataset (a panel per swept setting), then one row per Optuna study."""
-    rows = [(group, _settings(group)) for group in report.groups]
+    rows = [(group, settings_of(group)) for group in report.groups]
     ncols = max([len(settings) for _, settings in rows] + [1])
     nrows = len(rows) + len(report.studies)
     fig = plt.figure(figsize=(max(5.0 * ncols, 8.0), 4.2 * max(nrows, 1)), layout="constrained")
@@ -46,10 +49,6 @@ def plot_report(report: Report, path: str | Path, overwrite: bool = False) -> No
         ax.set_axis_off()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), overwrite=overwrite)
     plt.close(fig)
-
-
-def _settings(group: Group) -> list[str]:
-    return [key for key in group.swept if key != SEED]
 
 
 def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], title: str) -> None:
