@@ -7,11 +7,13 @@ offline.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from omegaconf import OmegaConf
@@ -20,12 +22,31 @@ from geoguess.errors import GeoguessError
 from geoguess.sweeps.study import sqlite_path
 
 RESULTS = "results.json"
+PREDICTIONS_TEST = "predictions_test.csv"
 OPTUNA_RESULTS = "optimization_results.yaml"
 SEED = "seed"
 OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
 UNKNOWN_DATASET = "unknown"
 SORT_KEY = "val_haversine_km"
 TEST_KEY = "test_haversine_km"
+BASELINE_KEY = "baseline_test_haversine_km"
+SPLIT_SIZES_KEY = "split_sizes"
+SPLITS = ("train", "val", "test")
+
+
+class SplitSizes(NamedTuple):
+    """Locations in each split a job trained, validated and tested on; None where unknown."""
+
+    train: int | None = None
+    val: int | None = None
+    test: int | None = None
+
+    def describe(self) -> str:
+        if None not in self:
+            return f"split {self.train} / {self.val} / {self.test} (train / val / test)"
+        if self.test is not None:
+            return f"test split of {self.test}"
+        return "split sizes unknown"
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class Job:
     study: Study | None = None
     # The config groups it ran with (`hydra.runtime.choices`: `grid` -> `square`).
     choices: dict = field(default_factory=dict)
+    split: SplitSizes = SplitSizes()
 
 
 def find_jobs(folders: Iterable[str | Path]) -> list[Job]:
@@ -116,6 +138,7 @@ def read_job(job_dir: Path, sweep: Path) -> Job:
         dataset_label=label,
         study=_study(hydra),
         choices=_choices(hydra),
+        split=split_sizes(job_dir, results),
     )
 
 
@@ -152,6 +175,28 @@ def _dataset(job_dir: Path, results: dict) -> tuple[str, str]:
         f"{short} ({', '.join(map(str, roots))})" if roots and short != ", ".join(roots) else short
     )
     return dataset, label
+
+
+def split_sizes(job_dir: Path, results: dict) -> SplitSizes:
+    """results.json `split_sizes` ({train, val, test}) when it holds them; else the test size
+    alone, counted from the rows of predictions_test.csv (None when there is none)."""
+    given = results.get(SPLIT_SIZES_KEY)
+    if isinstance(given, dict) and all(_is_count(given.get(name)) for name in SPLITS):
+        return SplitSizes(*(int(given[name]) for name in SPLITS))
+    return SplitSizes(test=_count_rows(job_dir / PREDICTIONS_TEST))
+
+
+def _count_rows(path: Path) -> int | None:
+    """Data rows of a CSV file (its header aside), or None when it is missing or unreadable."""
+    try:
+        with path.open(newline="") as file:
+            return max(sum(1 for _ in csv.reader(file)) - 1, 0)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _choices(hydra) -> dict:

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 
 from geoguess.sweeps.jobs import FAILED, OK, UNFINISHED, Study
 from geoguess.sweeps.summary import Report
-from geoguess.sweeps.table import METRICS, OPTIONAL, Group, no_effect_notes, settings_of, short
+from geoguess.sweeps.table import (
+    CONSTANT,
+    METRICS,
+    OPTIONAL,
+    Group,
+    no_effect_notes,
+    settings_of,
+    short,
+)
 from geoguess.sweeps.trials import Trials, state_name
 
 
@@ -20,18 +28,21 @@ def markdown(report: Report, picture: str | None = "report.png") -> str:
         "",
         f"Sweeps: {', '.join(f'`{f}`' for f in report.folders)} — {len(jobs)} jobs ({summary}).",
         "Sorted by validation km (the best epoch's mean haversine error); metrics of the test "
-        "split at that epoch; `a ± b`: mean ± standard deviation over the n jobs that differ "
-        "only by seed.",
+        "split at that epoch; baseline km: the test error of always guessing the training "
+        "locations' mean; test ÷ baseline: each job's test km over its baseline km (below 1 "
+        "beats it); `a ± b`: mean ± standard deviation over the n jobs that differ only by "
+        "seed (or by settings that change only logging or output).",
     ]
     if len(report.groups) > 1:
         lines.append(
-            f"The jobs trained on {len(report.groups)} different datasets: one table each, "
-            "not comparable with each other."
+            f"The jobs ran on {len(report.groups)} different datasets or splits: one table "
+            "each, not comparable with each other."
         )
     for group in report.groups:
-        lines += ["", f"## Dataset {group.label}: {len(group.jobs)} jobs", ""]
+        heading = f"## Dataset {group.label}, {group.split.describe()}: {len(group.jobs)} jobs"
+        lines += ["", heading, ""]
         lines.append(markdown_table(*table_cells(group)))
-        notes = no_effect_notes(group)
+        notes = no_effect_notes(group) + output_only_notes(group)
         lines += ["", *(f"- {note}" for note in notes)] if notes else []
     failed = [job for job in jobs if job.status != OK]
     if failed:
@@ -67,9 +78,20 @@ def table_cells(group: Group) -> tuple[list[str], list[list[str]]]:
     for _, row in group.table.iterrows():
         cells = [short(row[key]) for key in settings] + [str(int(row["n"]))]
         for key, _, fmt in metrics:
-            cells.append(_cell(row[key], row[f"{key}_std"], fmt))
+            std = math.nan if key in CONSTANT else row[f"{key}_std"]
+            cells.append(_cell(row[key], std, fmt))
         rows.append([*cells, row["jobs"]])
     return header, rows
+
+
+def output_only_notes(group: Group) -> list[str]:
+    if not group.output_only:
+        return []
+    keys = ", ".join(group.output_only)
+    return [
+        f"Not swept: {keys} differ between these jobs but change only logging or output; "
+        "jobs that differ only by them are repeats of one row."
+    ]
 
 
 def _cell(mean: float, std: float, fmt: str) -> str:

@@ -1,59 +1,118 @@
-"""The jobs of one dataset as a table: one row per setting, mean ± std over the seeds.
+"""The jobs of one dataset and split as a table: one row per setting, mean ± std over the seeds.
 
-Jobs are grouped by the data they trained on, never mixed; within a group, jobs that differ
-only by `seed` are one row, mean ± standard deviation over the n seeds.
+Jobs are grouped by the data they trained on and the sizes of its splits, never mixed: errors
+on other test locations are not comparable. Within a group, jobs that differ only by `seed`
+(or by settings that change only logging or output) are one row, mean ± standard deviation
+over the n seeds.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 
 import pandas as pd
 from omegaconf import OmegaConf
 
-from geoguess.sweeps.jobs import OK, SEED, SORT_KEY, TEST_KEY, Job, is_number, load_yaml
+from geoguess.sweeps.jobs import (
+    BASELINE_KEY,
+    OK,
+    SEED,
+    SORT_KEY,
+    TEST_KEY,
+    Job,
+    SplitSizes,
+    is_number,
+    load_yaml,
+)
 
-# (results.json key, column title, cell format); the OPTIONAL ones are shown when jobs have them.
+# Computed per job, not read from results.json.
+RATIO_KEY = "test_baseline_ratio"  # test km / baseline km
+TEST_SIZE_KEY = "test_size"  # locations in the test split
+# (key, column title, cell format); the OPTIONAL ones are shown when jobs have them.
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("val_haversine_km", "val km", "{:.1f}"),
     ("val_median_km", "val median km", "{:.1f}"),
-    ("test_haversine_km", "test km", "{:.1f}"),
+    (TEST_KEY, "test km", "{:.1f}"),
+    (BASELINE_KEY, "baseline km", "{:.1f}"),
+    (RATIO_KEY, "test ÷ baseline", "{:.2f}"),
     ("test_median_km", "test median km", "{:.1f}"),
     ("test_acc_25km", "acc@25km %", "{:.1f}"),
     ("test_coverage50", "in r50 %", "{:.0f}"),
     ("test_coverage90", "in r90 %", "{:.0f}"),
     ("test_geoguessr_score", "GeoGuessr", "{:.0f}"),
+    (TEST_SIZE_KEY, "test size", "{:.0f}"),
     ("epochs", "epochs", "{:.0f}"),
     ("train_seconds", "train s", "{:.0f}"),
 )
 PERCENT = {"test_acc_25km", "test_coverage50", "test_coverage90"}
 OPTIONAL = {"val_median_km", "test_coverage50", "test_coverage90"}
+# The same for every job of a group (its split): shown without a spread.
+CONSTANT = {TEST_SIZE_KEY}
+# Settings that change only what a job logs or writes, never what it trains or tests: jobs
+# that differ only by them are repeats of one setting, not points of a sweep. (Not every
+# callback: early stopping or the checkpoint's monitor change the result.)
+OUTPUT_ONLY = (
+    "logger",
+    "logger.*",
+    "callbacks.progress_bar",
+    "callbacks.progress_bar.*",
+    "callbacks.lr_monitor",
+    "callbacks.lr_monitor.*",
+    "callbacks.last_checkpoint",
+    "callbacks.last_checkpoint.*",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.cache_dir",
+    "hydra.*",
+    "hydra/*",
+)
 
 
 @dataclass
 class Group:
-    """The jobs of one dataset: their table and the overrides that differ between them."""
+    """The jobs of one dataset and split: their table and the overrides that differ."""
 
     dataset: str
     label: str
+    split: SplitSizes
     jobs: list[Job]
     swept: list[str]  # overrides that differ between the jobs, `seed` included
     table: pd.DataFrame  # one row per setting: swept values (seed aside), n, metric means/stds
+    # Overrides that differ between the jobs but change only logging or output: not swept.
+    output_only: list[str] = field(default_factory=list)
 
 
 def group_jobs(jobs: Sequence[Job]) -> list[Group]:
-    """The finished jobs, one group per dataset (in order of first appearance)."""
+    """The finished jobs, one group per dataset and split sizes (in order of appearance)."""
     groups = []
-    for dataset in dict.fromkeys(job.dataset for job in jobs if job.status == OK):
-        members = [job for job in jobs if job.status == OK and job.dataset == dataset]
-        swept = swept_keys(members)
+    finished = [job for job in jobs if job.status == OK]
+    for dataset, split in dict.fromkeys((job.dataset, job.split) for job in finished):
+        members = [job for job in finished if (job.dataset, job.split) == (dataset, split)]
+        differ = differing_keys(members)
+        swept = [key for key in differ if not is_output_only(key)]
         members = [with_composed_values(job, swept) for job in members]
         groups.append(
-            Group(dataset, members[0].dataset_label, members, swept, table(members, swept))
+            Group(
+                dataset,
+                members[0].dataset_label,
+                split,
+                members,
+                swept,
+                table(members, swept),
+                output_only=[key for key in differ if is_output_only(key)],
+            )
         )
     return groups
+
+
+def is_output_only(key: str) -> bool:
+    """Whether the setting `key` changes only what a job logs or writes (`OUTPUT_ONLY`)."""
+    return any(fnmatchcase(key, pattern) for pattern in OUTPUT_ONLY)
 
 
 def with_composed_values(job: Job, keys: Sequence[str]) -> Job:
@@ -75,7 +134,7 @@ def with_composed_values(job: Job, keys: Sequence[str]) -> Job:
     return replace(job, overrides=filled)
 
 
-def swept_keys(jobs: Sequence[Job]) -> list[str]:
+def differing_keys(jobs: Sequence[Job]) -> list[str]:
     """The overrides whose value differs between the jobs (absent counts as a value)."""
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
     return [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
@@ -94,11 +153,7 @@ def table(jobs: Sequence[Job], swept: Sequence[str]) -> pd.DataFrame:
     for job in jobs:
         row = {key: job.overrides.get(key, "") for key in settings}
         row["_job"] = job.name
-        for key, *_ in METRICS:
-            value = job.results.get(key)
-            row[key] = (
-                float(value) * (100 if key in PERCENT else 1) if is_number(value) else math.nan
-            )
+        row.update(job_values(job))
         rows.append(row)
     frame = pd.DataFrame(rows)
     metrics = [key for key, *_ in METRICS]
@@ -115,6 +170,20 @@ def table(jobs: Sequence[Job], swept: Sequence[str]) -> pd.DataFrame:
     if not settings:
         out = out.drop(columns=["index"], errors="ignore")
     return out.sort_values(SORT_KEY, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def job_values(job: Job) -> dict[str, float]:
+    """The job's value of each metric (NaN where it has none); shares in %."""
+    values = {}
+    for key, *_ in METRICS:
+        value = job.results.get(key)
+        values[key] = (
+            float(value) * (100 if key in PERCENT else 1) if is_number(value) else math.nan
+        )
+    test, baseline = values[TEST_KEY], values[BASELINE_KEY]
+    values[RATIO_KEY] = test / baseline if baseline > 0 else math.nan
+    values[TEST_SIZE_KEY] = math.nan if job.split.test is None else float(job.split.test)
+    return values
 
 
 def no_effect_notes(group: Group) -> list[str]:
