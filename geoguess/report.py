@@ -6,19 +6,23 @@ table and writes `report.md` and `report.png` into the run folder. See docs/swee
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from geoguess import runs
 from geoguess.errors import GeoguessError
+from geoguess.sweeps.figure import plot_report
+from geoguess.sweeps.markdown import markdown
+from geoguess.sweeps.summary import Report, build_report
 from geoguess.utils.cli import CONFIG_PATH, user_errors
+from geoguess.utils.io import write_text_atomic
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    from geoguess.sweeps.report import build_report, write_report
-
     out = runs.claim(cfg)
     sweeps = None if OmegaConf.is_missing(cfg, "sweeps") else cfg.sweeps
     report = build_report(sweep_folders(sweeps))
@@ -33,6 +37,15 @@ def sweep_folders(sweeps) -> list[str]:
     if not folders:
         raise GeoguessError("give the sweep folders: sweeps=outputs/train-multirun/<time>")
     return folders
+
+
+def write_report(report: Report, out: str | Path) -> str:
+    """`report.md` and `report.png` into `out` (never over existing files); returns the text."""
+    out = Path(out)
+    text = markdown(report, picture="report.png")
+    plot_report(report, out / "report.png")
+    write_text_atomic(out / "report.md", text)
+    return text
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from geoguess.geo import (
 )
 from geoguess.geo.adaptive_grid import merge_small_cells
 from geoguess.geo.boundary import BoundaryError
-from geoguess.geo.cells import CLASSES_CSV_COLUMNS, GridError
+from geoguess.geo.geocells import CLASSES_CSV_COLUMNS, GridError
 from tests.cli import run_module
 from tests.data_helpers import croatia_points
 

@@ -486,7 +486,8 @@ def test_command_refuses_missing_or_command_line_secrets(tmp_path):
 
 def test_panoramas_near_one_kept_are_left_out(tmp_path):
     """Neighbouring panoramas of one road would straddle the splits: only the first is kept."""
-    from geoguess.collect.pipeline import CollectSettings, select_panoramas
+    from geoguess.collect.selection import select_panoramas
+    from geoguess.collect.settings import CollectSettings
 
     settings = CollectSettings(n=5, out=tmp_path, min_distance_m=30)
     zagreb = (45.8150, 15.9819)

@@ -4,7 +4,7 @@ import pytest
 import shapely
 
 from geoguess.geo import ClassGrid, Country, build_grid
-from geoguess.geo.cells import CLASSES_CSV_COLUMNS, GridError
+from geoguess.geo.geocells import CLASSES_CSV_COLUMNS, GridError
 
 
 @pytest.fixture(scope="module")

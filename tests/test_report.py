@@ -1,17 +1,23 @@
-"""The sweep report (`geoguess.sweeps.report`, `python -m geoguess.report`) on fabricated job
+"""The sweep report (`geoguess.sweeps`, `python -m geoguess.report`) on fabricated job
 folders: every number is checked against one computed here from the fabricated results."""
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import yaml
 
 from geoguess.errors import GeoguessError
-from geoguess.sweeps.report import build_report, markdown, parse_overrides, write_report
+from geoguess.report import write_report
+from geoguess.sweeps.figure import report_figure
+from geoguess.sweeps.jobs import SplitSizes, parse_overrides
+from geoguess.sweeps.markdown import markdown
+from geoguess.sweeps.summary import build_report
 from tests.cli import run_module
 
 # val/test km of the spacing x head x seed sweep: (spacing, head, seed) -> (val, test)
@@ -177,8 +183,9 @@ def test_datasets_are_never_mixed(spacing_sweep: Path, tmp_path: Path):
     assert list(second.table["val_haversine_km"]) == [30.0, 40.0]
     assert list(second.table["n"]) == [1, 1]
     text = markdown(report)
-    assert "2 different datasets" in text
-    assert "## Dataset ffffffffffff (/data/slovenia): 2 jobs" in text
+    assert "2 different datasets or splits" in text
+    assert text.count("\n## Dataset ") == 2  # two tables, one per dataset
+    assert "## Dataset ffffffffffff (/data/slovenia), split sizes unknown: 2 jobs" in text
 
 
 def test_report_files_and_cli(spacing_sweep: Path, tmp_path: Path):
@@ -279,3 +286,175 @@ def test_settings_a_job_did_not_override_read_as_what_it_ran_with(tmp_path: Path
     report = build_report([tmp_path / "square", tmp_path / "adaptive"])
     rows = report.groups[0].table[["grid.spacing", "grid"]].values.tolist()
     assert rows == [["-", "adaptive"], ["0.3", "square"], ["0.8", "square"]]
+
+
+def write_predictions(job: Path, rows: int) -> None:
+    """predictions_test.csv with `rows` test locations, as a training job writes it."""
+    lines = ["uuid,latitude,longitude,error_km", *(f"u{i},45.0,16.0,1.5" for i in range(rows))]
+    (job / "predictions_test.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_each_dataset_and_split_gets_its_own_table(tmp_path: Path):
+    """Two datasets, and two splits of the first: three tables, never one ranking across."""
+    sweep = tmp_path / "sweep"
+    sizes = {"train": 160, "val": 20, "test": 20}
+    for num, (head, val) in enumerate((("classification", 50.0), ("regression", 70.0))):
+        fake_job(sweep / str(num), [f"head={head}"], ok_results(val, val + 1, split_sizes=sizes))
+    # The same data split otherwise; no split_sizes (older jobs): the test rows are counted.
+    for num, (head, val) in enumerate((("classification", 40.0), ("regression", 45.0)), 2):
+        overrides = [f"head={head}", "data.split=[0.6,0.2,0.2]"]
+        write_predictions(fake_job(sweep / str(num), overrides, ok_results(val, val + 1)), 40)
+    for num, (head, val) in enumerate((("classification", 30.0), ("regression", 35.0)), 4):
+        job = fake_job(sweep / str(num), [f"head={head}"], ok_results(val, val + 1, "d2"))
+        write_predictions(job, 12)
+
+    report = build_report([sweep])
+
+    assert [(group.dataset, group.split) for group in report.groups] == [
+        ("d1", (160, 20, 20)),
+        ("d1", (None, None, 40)),
+        ("d2", (None, None, 12)),
+    ]
+    assert [[job.name for job in group.jobs] for group in report.groups] == [
+        ["0", "1"],
+        ["2", "3"],
+        ["4", "5"],
+    ]
+    assert [list(group.table["test_size"]) for group in report.groups] == [
+        [20, 20],
+        [40, 40],
+        [12, 12],
+    ]
+    text = markdown(report)
+    assert "3 different datasets or splits" in text
+    assert text.count("\n## Dataset ") == 3
+    assert "## Dataset d1, split 160 / 20 / 20 (train / val / test): 2 jobs" in text
+    assert "## Dataset d1, test split of 40: 2 jobs" in text
+    assert "## Dataset d2, test split of 12: 2 jobs" in text
+    # Each table holds its own jobs' errors only (val km 50/70, 40/45, 30/35).
+    sections = [
+        re.sub(" +", " ", part.split("\n\n")[1]) for part in text.split("\n## Dataset ")[1:]
+    ]
+    for section, (own, others) in zip(
+        sections,
+        (
+            (("50.0", "70.0"), ("40.0", "30.0")),
+            (("40.0", "45.0"), ("50.0", "30.0")),
+            (("30.0", "35.0"), ("50.0", "40.0")),
+        ),
+        strict=True,
+    ):
+        assert all(f"| {km} |" in section for km in own), section
+        assert not any(f"| {km} |" in section for km in others), section
+
+
+def test_split_sizes_come_from_results_else_from_the_test_predictions(tmp_path: Path):
+    given = fake_job(
+        tmp_path / "given",
+        [],
+        ok_results(50.0, 51.0, split_sizes={"train": 80, "val": 10, "test": 10}),
+    )
+    write_predictions(given, 11)  # results.json wins
+    damaged = fake_job(tmp_path / "damaged", [], ok_results(50.0, 51.0, split_sizes={"test": "x"}))
+    write_predictions(damaged, 7)
+    fake_job(tmp_path / "neither", [], ok_results(50.0, 51.0))
+
+    jobs = {job.name: job for job in build_report([tmp_path]).jobs}
+
+    assert jobs["given"].split == SplitSizes(80, 10, 10)
+    assert jobs["damaged"].split == SplitSizes(None, None, 7)
+    assert jobs["neither"].split == SplitSizes(None, None, None)
+
+
+def test_settings_that_change_only_logging_or_output_are_not_swept(tmp_path: Path):
+    """Seed 1 logged to CSV with 0 workers, seed 2 to W&B with a progress bar: the same
+    experiment twice, one row per head with n = 2."""
+    sweep = tmp_path / "sweep"
+    outputs = {
+        "1": ["logger=csv", "data.num_workers=0", "callbacks.progress_bar.refresh_rate=1"],
+        "2": ["logger=wandb", "logger.mode=offline", "trainer.enable_progress_bar=true"],
+    }
+    km = {("classification", "1"): 60.0, ("classification", "2"): 62.0}
+    km |= {("regression", "1"): 70.0, ("regression", "2"): 75.0}
+    for num, ((head, seed), val) in enumerate(km.items()):
+        overrides = [f"head={head}", f"seed={seed}", *outputs[seed]]
+        fake_job(sweep / str(num), overrides, ok_results(val, val + 2))
+
+    report = build_report([sweep])
+
+    (group,) = report.groups
+    assert group.swept == ["head", "seed"]
+    assert set(group.output_only) == {
+        "logger",
+        "data.num_workers",
+        "callbacks.progress_bar.refresh_rate",
+        "logger.mode",
+        "trainer.enable_progress_bar",
+    }
+    assert list(group.table["n"]) == [2, 2]
+    assert list(group.table["val_haversine_km"]) == [61.0, 72.5]
+    text = markdown(report)
+    header = next(line for line in text.splitlines() if line.startswith("| head"))
+    assert "logger" not in header and "num_workers" not in header and "progress" not in header
+    assert "- Not swept: logger, data.num_workers, callbacks.progress_bar.refresh_rate" in text
+
+    # A callback that changes training is a setting.
+    other = tmp_path / "patience"
+    for num, patience in enumerate((3, 5)):
+        overrides = [f"callbacks.early_stopping.patience={patience}", f"logger={'csv' * num}"]
+        fake_job(other / str(num), overrides, ok_results(50.0 + num, 51.0))
+    (group,) = build_report([other]).groups
+    assert group.swept == ["callbacks.early_stopping.patience"]
+    assert group.output_only == ["logger"]
+
+
+def test_error_over_baseline_is_each_jobs_ratio_averaged_over_seeds(tmp_path: Path):
+    # (spacing, seed) -> (val km, test km, baseline km); the baseline differs per job here.
+    jobs = {
+        ("0.5", "1"): (60.0, 66.0, 132.0),
+        ("0.5", "2"): (61.0, 63.0, 126.0),
+        ("0.8", "1"): (50.0, 55.0, 110.0),
+        ("0.8", "2"): (52.0, 57.0, 95.0),
+        ("0.3", "1"): (70.0, 71.0, 0.0),  # no baseline to divide by
+    }
+    for num, ((spacing, seed), (val, test, base)) in enumerate(jobs.items()):
+        results = ok_results(val, test, baseline_test_haversine_km=base)
+        fake_job(tmp_path / str(num), [f"grid.spacing={spacing}", f"seed={seed}"], results)
+
+    (group,) = build_report([tmp_path]).groups
+
+    rows = {row["grid.spacing"]: row for _, row in group.table.iterrows()}
+    for spacing in ("0.5", "0.8"):
+        ratios = [jobs[(spacing, seed)][1] / jobs[(spacing, seed)][2] for seed in ("1", "2")]
+        baselines = [jobs[(spacing, seed)][2] for seed in ("1", "2")]
+        assert rows[spacing]["test_baseline_ratio"] == pytest.approx(statistics.mean(ratios))
+        assert rows[spacing]["test_baseline_ratio_std"] == pytest.approx(statistics.stdev(ratios))
+        assert rows[spacing]["baseline_test_haversine_km"] == pytest.approx(
+            statistics.mean(baselines)
+        )
+    text = re.sub(" +", " ", markdown(build_report([tmp_path])))
+    ratios = [57.0 / 95.0, 55.0 / 110.0]
+    assert f"| {statistics.mean(ratios):.2f} ± {statistics.stdev(ratios):.2f} |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 0.3"))
+    assert "| 0.00 |" not in row and "n/a" in row
+
+
+def test_categorical_settings_are_points_and_the_baseline_a_line(spacing_sweep: Path):
+    figure = report_figure(build_report([spacing_sweep]))
+    try:
+        panels = {ax.get_xlabel(): ax for ax in figure.axes}
+
+        def joined(ax) -> list:
+            return [
+                line
+                for line in ax.get_lines()
+                if line.get_linestyle() in ("-", "--") and len(line.get_xdata()) > 1
+            ]
+
+        assert joined(panels["grid.spacing"])  # a number: its values joined by lines
+        assert not joined(panels["head"])  # a category: points only
+        for ax in panels.values():
+            baselines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+            assert [list(line.get_ydata()) for line in baselines] == [[130.0, 130.0]]
+    finally:
+        plt.close(figure)

@@ -280,7 +280,9 @@ def test_joblib_multirun_runs_two_jobs_in_parallel_workers_then_the_report(data_
     # The worker processes ran the jobs, not the sweep's own process.
     assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
 
-    from geoguess.sweeps.report import build_report, markdown, write_report
+    from geoguess.report import write_report
+    from geoguess.sweeps.markdown import markdown
+    from geoguess.sweeps.summary import build_report
 
     report = build_report([sweep])
     vals = [results_of(job)["val_haversine_km"] for job in jobs]

@@ -4,8 +4,10 @@
 and signing secret come from `GOOGLE_MAPS_API_KEY` / `GOOGLE_MAPS_URL_SIGNING_SECRET` only.
 """
 
-from geoguess.collect.pipeline import CollectSettings, Summary, collect, select_panoramas
+from geoguess.collect.pipeline import collect
 from geoguess.collect.sampling import balance_region, sample_points, thin_cells
+from geoguess.collect.selection import select_panoramas
+from geoguess.collect.settings import CollectSettings, Summary
 from geoguess.collect.store import DATA_COLUMNS, DatasetStore, location_uuid
 from geoguess.collect.streetview import (
     API_KEY_ENV,

@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from geoguess import runs
-from geoguess.collect.pipeline import CollectSettings, collect
+from geoguess.collect.pipeline import collect
+from geoguess.collect.settings import CollectSettings
 from geoguess.collect.streetview import API_KEY_ENV, SIGNING_SECRET_ENV, Credentials
 from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
 from geoguess.utils.io import write_json_atomic

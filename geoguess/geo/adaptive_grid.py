@@ -1,149 +1,31 @@
-"""Geocells that follow the data (`grid=adaptive`) or a polygon layer (`grid.regions=PATH`).
+"""Geocells that follow the data (`grid=adaptive`), as in the OSV-5M baseline.
 
-Adaptive cells, as in the OSV-5M baseline: a quadtree of squares in the country's metric CRS,
-a square split in four while it holds more than `max_per_cell` training locations and its
-halves are at least `min_cell_km` wide; squares without land are dropped. Cells holding fewer
-than `min_per_cell` are then merged, smallest first, into the touching cell that keeps the
-merged count lowest (into the nearest cell when none touches, as for an island). So dense areas
-get small cells, sparse ones large cells, and every class holds between `min_per_cell` and
-`max_per_cell` training locations, with two exceptions: a minimum-size square may hold more,
-and a merge may exceed the maximum (by less than `min_per_cell`) when every neighbour is full.
-
-Region cells, as PIGEON builds its geocells: one class per polygon of a layer of counties or
-municipalities that intersects the country; regions without training locations are dropped.
-
-Either way a cell is a polygon in the metric CRS (stored exactly, as WKB), a point belongs to
-the cell containing it (the lowest class id on a shared border) or else to the nearest cell, and
-the class points are those of the square grid: the cell's centroid, moved onto the cell's land
-when it lies at sea, abroad or outside its (non-convex) cell; the centroid itself; the mean
-training location.
+A quadtree of squares in the country's metric CRS, a square split in four while it holds more
+than `max_per_cell` training locations and its halves are at least `min_cell_km` wide; squares
+without land are dropped. Cells holding fewer than `min_per_cell` are then merged, smallest
+first, into the touching cell that keeps the merged count lowest (into the nearest cell when
+none touches, as for an island). So dense areas get small cells, sparse ones large cells, and
+every class holds between `min_per_cell` and `max_per_cell` training locations, with two
+exceptions: a minimum-size square may hold more, and a merge may exceed the maximum (by less
+than `min_per_cell`) when every neighbour is full. The cells are polygons of a
+`geoguess.geo.polygon_grid.PolygonGrid`.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import shapely
-from shapely.geometry.base import BaseGeometry
 
-from geoguess.geo.boundary import BoundaryError, Country
-from geoguess.geo.cells import (
-    MAX_CELLS,
-    Geocells,
-    GridError,
-    _clip_onto_land,
-    with_training_locations,
-)
+from geoguess.geo.boundary import Country
+from geoguess.geo.geocells import MAX_CELLS, GridError, with_training_locations
+from geoguess.geo.polygon_grid import PolygonGrid, covering_cell, polygon_grid
 from geoguess.geo.projection import check_latlon
+from geoguess.geo.region_grid import build_region_grid
 
-# Cell borders are straight in metres; in lon/lat they get a vertex every this many metres.
-SEGMENT_M = 2_000.0
 MAX_UNIFORM_POINTS = 1_000_000
-
-
-@dataclass
-class PolygonGrid(Geocells):
-    """Classes whose cells are arbitrary polygons; `table["cell_wkb"]` holds each cell (metres)."""
-
-    KINDS: ClassVar[tuple[str, ...]] = ("adaptive", "regions")
-
-    kind: str
-    table: pd.DataFrame
-    crs: str = "EPSG:3765"
-    # How the cells were made (plain values), for `description` and provenance.
-    settings: dict = field(default_factory=dict)
-    _projector: object = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.kind not in self.KINDS:
-            raise GridError(f"unknown polygon grid kind {self.kind!r}")
-
-    @property
-    def description(self) -> str:
-        s = self.settings
-        if self.kind == "regions":
-            return f"grid.regions={Path(s.get('regions', '?')).name}"
-        density = "" if s.get("trained", True) else ", uniform density"
-        return (
-            f"grid=adaptive (max_per_cell={s.get('max_per_cell')}, "
-            f"min_per_cell={s.get('min_per_cell')}, min_cell_km={s.get('min_cell_km'):g}{density})"
-        )
-
-    def metric_cells(self) -> np.ndarray:
-        return self._metric_cells
-
-    @cached_property
-    def _metric_cells(self) -> np.ndarray:
-        return shapely.from_wkb(self.table["cell_wkb"].to_numpy())
-
-    def cells(self) -> np.ndarray:
-        """Cell polygons in lon/lat degrees, borders densified to follow the metric lines."""
-        return self._lonlat_cells
-
-    @cached_property
-    def _lonlat_cells(self) -> np.ndarray:
-        dense = shapely.segmentize(self.metric_cells(), SEGMENT_M)
-        return np.array([self.projector.unproject_geometry(c) for c in dense], dtype=object)
-
-    def assign(self, lat, lon, nearest: bool = True) -> np.ndarray:
-        """Class id of each point: the lowest id of the cells covering it, vectorised.
-
-        A point in no cell gets the class whose cell is nearest in metres when `nearest`,
-        else -1.
-        """
-        lat, lon = check_latlon(lat, lon, "points to assign")
-        x, y = self.projector.forward(lat.ravel(), lon.ravel())
-        index = covering_cell(self._cell_tree, shapely.points(x, y))
-        classes = np.full(index.shape, -1, dtype=np.int64)
-        inside = index >= 0
-        classes[inside] = self.table["class_id"].to_numpy()[index[inside]]
-        if nearest and (~inside).any():
-            classes[~inside] = self._nearest_class(lat.ravel()[~inside], lon.ravel()[~inside])
-        return classes.reshape(lat.shape)
-
-    def to_frame(self) -> pd.DataFrame:
-        """The `classes.csv` table, with the region's name for region cells."""
-        frame = super().to_frame()
-        if "region" in self.table:
-            frame["region"] = self.table["region"].to_numpy()
-        return frame
-
-    def to_dict(self) -> dict:
-        """Plain JSON data for checkpoints; `from_dict` restores the exact grid."""
-        return {
-            "kind": self.kind,
-            "crs": self.crs,
-            "settings": dict(self.settings),
-            "table": self.table.to_dict(orient="list"),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PolygonGrid:
-        return cls(
-            kind=data["kind"],
-            table=pd.DataFrame(data["table"]),
-            crs=data["crs"],
-            settings=dict(data.get("settings", {})),
-        )
-
-
-def covering_cell(tree: shapely.STRtree, points: np.ndarray) -> np.ndarray:
-    """Index of the first tree geometry covering each point (borders included), or -1."""
-    point_index, cell_index = tree.query(points, predicate="intersects")
-    first = np.full(len(points), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, point_index, cell_index)
-    first[first == np.iinfo(np.int64).max] = -1
-    return first
-
-
-# -- adaptive cells ---------------------------------------------------------------------------
 
 
 def build_adaptive_grid(
@@ -191,7 +73,7 @@ def build_adaptive_grid(
         "min_cell_km": float(min_cell_km),
         "trained": trained,
     }
-    grid = _polygon_grid(country, "adaptive", cells, settings)
+    grid = polygon_grid(country, "adaptive", cells, settings)
     if trained:
         grid = with_training_locations(grid, lat, lon, drop_empty=False)
     return grid
@@ -312,88 +194,6 @@ def _nearest_group(cells: np.ndarray, members: dict[int, list[int]], g: int) -> 
         if distance < best_distance:
             best, best_distance = h, distance
     return best
-
-
-# -- region cells -----------------------------------------------------------------------------
-
-
-def build_region_grid(
-    country: Country, regions: str | Path, train_lat=None, train_lon=None, drop_empty: bool = True
-) -> PolygonGrid:
-    """One class per region polygon of the file `regions` that intersects the country."""
-    names, geometries = load_region_polygons(regions)
-    metric = np.array([country.projector.project_geometry(g) for g in geometries], dtype=object)
-    metric = shapely.make_valid(metric)
-    on_land = shapely.area(shapely.intersection(metric, country.projected_geometry)) > 0
-    if not on_land.any():
-        raise GridError(f"grid.regions={regions}: no region intersects {country.name}")
-    settings = {"regions": str(regions)}
-    grid = _polygon_grid(country, "regions", metric[on_land], settings)
-    table = grid.table
-    table.insert(len(table.columns) - 1, "region", np.asarray(names, dtype=object)[on_land])
-    grid = grid.with_table(table)
-    if train_lat is not None:
-        grid = with_training_locations(grid, train_lat, train_lon, drop_empty=drop_empty)
-    return grid
-
-
-def load_region_polygons(path: str | Path) -> tuple[list[str], list[BaseGeometry]]:
-    """Names and (Multi)Polygons, EPSG:4326, of a GeoJSON/shapefile layer of regions."""
-    import geopandas as gpd
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise BoundaryError(f"grid.regions file {path} does not exist")
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable file
-        raise BoundaryError(f"grid.regions file {path} could not be read: {exc}") from exc
-    if frame.empty:
-        raise BoundaryError(f"grid.regions file {path} has no features")
-    if frame.crs is not None and not frame.crs.equals("EPSG:4326"):
-        frame = frame.to_crs("EPSG:4326")
-    key = next((c for c in ("name", "NAME", "Name", "NAME_2", "NAME_1") if c in frame), None)
-    names = frame[key].astype(str).tolist() if key else [f"region {i}" for i in range(len(frame))]
-    geometries = []
-    for row, geometry in enumerate(frame.geometry):
-        if geometry is None or geometry.is_empty:
-            raise BoundaryError(f"grid.regions file {path}: feature {row} has no geometry")
-        if geometry.geom_type not in ("Polygon", "MultiPolygon"):
-            raise BoundaryError(
-                f"grid.regions file {path}: feature {row} is a {geometry.geom_type}, not a polygon"
-            )
-        geometries.append(geometry)
-    return names, geometries
-
-
-# -- shared -----------------------------------------------------------------------------------
-
-
-def _polygon_grid(country: Country, kind: str, cells_m: np.ndarray, settings: dict) -> PolygonGrid:
-    """The grid of metric cells, with the class points of the square grid."""
-    projector = country.projector
-    land = shapely.intersection(cells_m, country.projected_geometry)
-    centroids = shapely.centroid(cells_m)
-    cx, cy = shapely.get_x(centroids), shapely.get_y(centroids)
-    c_lat, c_lon = projector.inverse(cx, cy)
-    # Off land, abroad, or outside its own (non-convex) cell: the centroid is moved.
-    off_land = ~shapely.contains_xy(land, cx, cy) | ~country.contains(c_lat, c_lon)
-    p_lat, p_lon = c_lat.copy(), c_lon.copy()
-    for i in np.flatnonzero(off_land):
-        land_ll = projector.unproject_geometry(land[i])
-        p_lat[i], p_lon[i] = _clip_onto_land(country, land_ll, c_lat[i], c_lon[i])
-    table = pd.DataFrame(
-        {
-            "class_id": np.arange(len(cells_m)),
-            "latitude": p_lat,
-            "longitude": p_lon,
-            "centroid_latitude": c_lat,
-            "centroid_longitude": c_lon,
-            "clipped": off_land,
-            "cell_wkb": shapely.to_wkb(cells_m, hex=True),
-        }
-    )
-    return PolygonGrid(kind, table, crs=str(country.crs), settings=settings)
 
 
 def _check_count(name: str, value) -> int:

@@ -1,138 +1,39 @@
-"""The class grid: square cells of `spacing` degrees over the country, one class per cell on land.
+"""The square class grid: cells of `spacing` degrees over the country, one class per cell on land.
 
 Anchored at the south-west corner of the boundary's bounds. A cell's prediction point is its
 centroid, clipped onto the land inside the cell when the centroid lies at sea or abroad, so
-that predictions never sail away; cells without training locations can be dropped.
-
-`Geocells` is what the rest of geoguess relies on, whatever the cells' shapes; the adaptive and
-region cells of `geoguess.geo.adaptive_grid` provide it too. `grid_from_dict` restores any of
-them from a checkpoint.
+that predictions never sail away; cells without training locations can be dropped. It provides
+`geoguess.geo.geocells.Geocells`, as the adaptive and region cells do.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import shapely
-import shapely.ops
 
-from geoguess.errors import GeoguessError
 from geoguess.geo.boundary import Country
+from geoguess.geo.geocells import (
+    DEFAULT_KIND,
+    MAX_CELLS,
+    Geocells,
+    GridError,
+    clip_onto_land,
+    grid_from_dict,
+    with_training_locations,
+)
 from geoguess.geo.projection import check_latlon
-
-POINT_KINDS = ("clipped", "centroid", "train_mean")
-CLASSES_CSV_COLUMNS = [
-    "class_id",
-    "latitude",
-    "longitude",
-    "centroid_latitude",
-    "centroid_longitude",
-    "clipped",
-]
-MAX_CELLS = 4_000_000
-# Clipped points are pulled this far inside the coast, so that they lie on land beyond
-# floating-point doubt after the round trip through the projection.
-INLAND_MARGIN_M = 25.0
-
-
-class GridError(GeoguessError, ValueError):
-    """A grid that cannot be built from the given settings."""
-
-
-class Geocells:
-    """Classes over the country, one cell each; `table` holds one row per class by `class_id`.
-
-    Subclasses are dataclasses with `table`, `crs` and `_projector` fields that define
-    `kind`, `description`, `cells`, `assign`, `to_dict` and `from_dict`.
-    """
-
-    kind: ClassVar[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.table)
-
-    @property
-    def description(self) -> str:
-        """How the cells were made, as the settings that made them (for messages and maps)."""
-        raise NotImplementedError
-
-    def cells(self) -> np.ndarray:
-        """Cell polygons (lon/lat degrees), one per class."""
-        raise NotImplementedError
-
-    def assign(self, lat, lon, nearest: bool = True) -> np.ndarray:
-        """Class id of each point; outside every cell the nearest class, or -1."""
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:
-        raise NotImplementedError
-
-    def points(self, kind: str = "clipped") -> tuple[np.ndarray, np.ndarray]:
-        """Latitude and longitude of each class's prediction point."""
-        if kind not in POINT_KINDS:
-            raise ValueError(f"unknown point kind {kind!r}; choose one of {', '.join(POINT_KINDS)}")
-        if kind == "train_mean" and "train_latitude" not in self.table:
-            raise ValueError("train_mean points need a grid built with training coordinates")
-        prefix = {"clipped": "", "centroid": "centroid_", "train_mean": "train_"}[kind]
-        t = self.table
-        return t[f"{prefix}latitude"].to_numpy(), t[f"{prefix}longitude"].to_numpy()
-
-    def _nearest_class(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        x, y = self.projector.forward(lat, lon)
-        _, tree_index = self._cell_tree.query_nearest(shapely.points(x, y), all_matches=False)
-        return self.table["class_id"].to_numpy()[tree_index]
-
-    def metric_cells(self) -> np.ndarray:
-        """Cell polygons in the metric CRS, one per class."""
-        return np.asarray(
-            self.projector.project_geometry(shapely.GeometryCollection(list(self.cells()))).geoms
-        )
-
-    @cached_property
-    def _cell_tree(self) -> shapely.STRtree:
-        return shapely.STRtree(self.metric_cells())
-
-    @property
-    def projector(self):
-        if self._projector is None:
-            from geoguess.geo.projection import Projector
-
-            self._projector = Projector(self.crs)
-        return self._projector
-
-    def to_frame(self) -> pd.DataFrame:
-        """The `classes.csv` table: the prediction point is the clipped centroid."""
-        return self.table[CLASSES_CSV_COLUMNS].copy()
-
-    def with_table(self, table: pd.DataFrame) -> Geocells:
-        """The same kind of grid over other classes (rows of `table`, one per class)."""
-        return dataclasses.replace(self, table=table, _projector=None)
-
-
-def grid_from_dict(data: dict) -> Geocells:
-    """The grid `to_dict` wrote: square, adaptive or regions (`kind`); old dicts are square."""
-    kind = data.get("kind", ClassGrid.kind)
-    if kind == ClassGrid.kind:
-        return ClassGrid.from_dict(data)
-    from geoguess.geo.adaptive_grid import PolygonGrid
-
-    if kind in PolygonGrid.KINDS:
-        return PolygonGrid.from_dict(data)
-    raise GridError(f"unknown grid kind {kind!r} in a saved grid; is geoguess up to date?")
 
 
 @dataclass
-class ClassGrid(Geocells):
+class ClassGrid(Geocells, kinds=(DEFAULT_KIND,)):
     """Classes of a square grid. `table` holds one row per class, ordered by `class_id`."""
 
-    kind: ClassVar[str] = "square"
+    kind: ClassVar[str] = DEFAULT_KIND
 
     spacing: float
     origin_lon: float
@@ -267,7 +168,7 @@ def _class_table(country: Country, rows, cols, boxes, land) -> pd.DataFrame:
     at_sea_or_abroad = ~shapely.contains_xy(country.geometry, c_lon, c_lat)
     p_lat, p_lon = c_lat.copy(), c_lon.copy()
     for i in np.flatnonzero(at_sea_or_abroad):
-        p_lat[i], p_lon[i] = _clip_onto_land(country, land[i], c_lat[i], c_lon[i])
+        p_lat[i], p_lon[i] = clip_onto_land(country, land[i], c_lat[i], c_lon[i])
     return pd.DataFrame(
         {
             "class_id": np.arange(len(rows)),
@@ -280,43 +181,3 @@ def _class_table(country: Country, rows, cols, boxes, land) -> pd.DataFrame:
             "col": cols,
         }
     )
-
-
-def _clip_onto_land(country: Country, land_in_cell, lat: float, lon: float) -> tuple[float, float]:
-    """Nearest point, in metres, of the cell's land to the centroid, a little inland."""
-    projector = country.projector
-    land_m = projector.project_geometry(land_in_cell)
-    inland = land_m.buffer(-INLAND_MARGIN_M)
-    target = inland if not inland.is_empty else land_m
-    x, y = projector.forward(lat, lon)
-    nearest = shapely.ops.nearest_points(target, shapely.Point(float(x), float(y)))[0]
-    p_lat, p_lon = projector.inverse(nearest.x, nearest.y)
-    if not country.contains(p_lat, p_lon):
-        # A sliver too thin for the margin: any interior point of the cell's land will do.
-        point = land_in_cell.representative_point()
-        return point.y, point.x
-    return float(p_lat), float(p_lon)
-
-
-def with_training_locations(grid: Geocells, lat, lon, drop_empty: bool = True) -> Geocells:
-    """Add per-class training counts and mean locations; drop empty classes when asked."""
-    lat, lon = check_latlon(lat, lon, "training locations")
-    classes = grid.assign(lat, lon, nearest=True)
-    x, y = grid.projector.forward(lat, lon)
-    counts = np.bincount(classes, minlength=grid.num_classes)
-    table = grid.table.copy()
-    table["train_count"] = counts
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_x = np.bincount(classes, weights=x, minlength=grid.num_classes) / counts
-        mean_y = np.bincount(classes, weights=y, minlength=grid.num_classes) / counts
-    empty = counts == 0
-    mean_x[empty], mean_y[empty] = grid.projector.forward(
-        table["latitude"][empty], table["longitude"][empty]
-    )
-    table["train_latitude"], table["train_longitude"] = grid.projector.inverse(mean_x, mean_y)
-    if drop_empty:
-        table = table[~empty].reset_index(drop=True)
-        if table.empty:
-            raise GridError("no class of the grid holds a training location")
-        table["class_id"] = np.arange(len(table))
-    return grid.with_table(table)

@@ -1,4 +1,8 @@
-"""`report.png`: km against each swept setting, and an Optuna study's history."""
+"""`report.png`: km against each swept setting, and an Optuna study's history.
+
+A numeric setting's values are joined by lines (what lies between them is a value too); a
+categorical one's are points side by side, never joined: no order leads from one to the next.
+The baseline (always guessing the training locations' mean) is a horizontal line."""
 
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from geoguess.sweeps.report import SEED, Group, Report, Study, Trials, state_name  # noqa: E402
+from geoguess.sweeps.jobs import BASELINE_KEY, Study  # noqa: E402
+from geoguess.sweeps.summary import Report  # noqa: E402
+from geoguess.sweeps.table import Group, settings_of  # noqa: E402
+from geoguess.sweeps.trials import Trials, state_name  # noqa: E402
 from geoguess.utils.io import atomic_write  # noqa: E402
 
 # Beyond this many lines in one panel, points are drawn without lines or legend (an Optuna
@@ -24,14 +32,22 @@ VAL, TEST = "val_haversine_km", "test_haversine_km"
 
 
 def plot_report(report: Report, path: str | Path, overwrite: bool = False) -> None:
-    """One row per dataset (a panel per swept setting), then one row per Optuna study."""
-    rows = [(group, _settings(group)) for group in report.groups]
+    """`report_figure` saved as a PNG file (never over an existing one unless `overwrite`)."""
+    fig = report_figure(report)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), overwrite=overwrite)
+    plt.close(fig)
+
+
+def report_figure(report: Report) -> Figure:
+    """One row per dataset and split (a panel per swept setting), then one row per Optuna
+    study."""
+    rows = [(group, settings_of(group)) for group in report.groups]
     ncols = max([len(settings) for _, settings in rows] + [1])
     nrows = len(rows) + len(report.studies)
     fig = plt.figure(figsize=(max(5.0 * ncols, 8.0), 4.2 * max(nrows, 1)), layout="constrained")
     grid = fig.add_gridspec(max(nrows, 1), ncols)
     for row, (group, settings) in enumerate(rows):
-        title = f"dataset {group.dataset[:12]}: " if len(rows) > 1 else ""
+        title = _group_title(group) if len(rows) > 1 else ""
         for col, setting in enumerate(settings or [None]):
             ax = fig.add_subplot(grid[row, col])
             _plot_setting(ax, group, setting, settings, title)
@@ -44,33 +60,19 @@ def plot_report(report: Report, path: str | Path, overwrite: bool = False) -> No
         ax = fig.add_subplot(grid[0, 0])
         ax.text(0.5, 0.5, "no finished jobs", ha="center", va="center")
         ax.set_axis_off()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), overwrite=overwrite)
-    plt.close(fig)
+    return fig
 
 
-def _settings(group: Group) -> list[str]:
-    return [key for key in group.swept if key != SEED]
+def _group_title(group: Group) -> str:
+    test = "" if group.split.test is None else f", test split of {group.split.test}"
+    return f"dataset {group.dataset[:12]}{test}: "
 
 
 def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], title: str) -> None:
     table = group.table
+    baseline = _plot_baseline(ax, table)
     if setting is None:  # every job has the same settings: only seeds (or nothing) differ
-        row = table.iloc[0]
-        for x, metric in enumerate((VAL, TEST)):
-            std = row[f"{metric}_std"]
-            ax.errorbar(
-                [x],
-                [row[metric]],
-                yerr=[0.0 if math.isnan(std) else std],
-                color="C0",
-                marker="o" if metric == VAL else "s",
-                capsize=3,
-            )
-        ax.set_xticks([0, 1], ["validation", "test"])
-        ax.set_xlim(-0.5, 1.5)
-        ax.set_ylabel("mean error (km)")
-        ax.set_title(f"{title}one setting, n={int(table['n'].iloc[0])}")
-        ax.grid(alpha=0.3)
+        _plot_one_setting(ax, table, title, baseline)
         return
     others = [key for key in settings if key != setting]
     positions, labels, numeric = _positions(table[setting])
@@ -101,12 +103,16 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
             color = f"C{index % 10}"
             rows = rows.assign(_x=[positions[v] for v in rows[setting]]).sort_values("_x")
             offset = (2 * index - (2 * len(lines) - 1) / 2) * step
-            _errorbar(ax, rows["_x"] + offset, rows, color, step)
+            _errorbar(ax, rows["_x"] + offset, rows, color, step, joined=numeric)
             if others:
                 values = key if isinstance(key, tuple) else (key,)
                 label = ", ".join(f"{k}={v}" for k, v in zip(others, values, strict=True))
-                handles.append(Line2D([], [], color=color, marker="o", label=label))
-        handles += _style_handles(_seeds(table))
+                style = "-" if numeric else "none"
+                handles.append(
+                    Line2D([], [], color=color, marker="o", linestyle=style, label=label)
+                )
+        handles += _style_handles(_seeds(table), lines=numeric)
+    handles += baseline
     if numeric:
         values = sorted(positions.values())
         if values[0] > 0 and values[-1] / values[0] >= 20:
@@ -122,6 +128,28 @@ def _plot_setting(ax, group: Group, setting: str | None, settings: list[str], ti
     ax.grid(alpha=0.3)
     # Below the panel: inside, "best" still lands on lines when they fill the panel's height.
     ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+
+
+def _plot_one_setting(ax, table: pd.DataFrame, title: str, baseline: list[Line2D]) -> None:
+    """Validation and test km of the one row, side by side."""
+    row = table.iloc[0]
+    for x, metric in enumerate((VAL, TEST)):
+        std = row[f"{metric}_std"]
+        ax.errorbar(
+            [x],
+            [row[metric]],
+            yerr=[0.0 if math.isnan(std) else std],
+            color="C0",
+            marker="o" if metric == VAL else "s",
+            capsize=3,
+        )
+    ax.set_xticks([0, 1], ["validation", "test"])
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylabel("mean error (km)")
+    ax.set_title(f"{title}one setting, n={int(table['n'].iloc[0])}")
+    ax.grid(alpha=0.3)
+    if baseline:
+        ax.legend(handles=baseline, fontsize=8, loc="best")
 
 
 def _positions(values: pd.Series) -> tuple[dict[str, float], list[str], bool]:
@@ -159,11 +187,26 @@ def _dodge_step(positions: list[float], numeric: bool, series: int) -> float:
     return 0.2 * float(gaps.min()) / max(series, 1)
 
 
-def _errorbar(ax, x, rows: pd.DataFrame, color: str, step: float = 0.0) -> None:
+def _plot_baseline(ax, table: pd.DataFrame) -> list[Line2D]:
+    """The baseline's test km as a horizontal line (one per value, should the rows' differ);
+    returns its legend entry."""
+    values = sorted({round(float(v), 6) for v in table[BASELINE_KEY].dropna()})
+    for value in values:
+        ax.axhline(value, color="0.3", linestyle=":", linewidth=1.5)
+    if not values:
+        return []
+    label = "baseline (training mean), test" + (f": {values[0]:.1f} km" if len(values) == 1 else "")
+    return [Line2D([], [], color="0.3", linestyle=":", linewidth=1.5, label=label)]
+
+
+def _errorbar(
+    ax, x, rows: pd.DataFrame, color: str, step: float = 0.0, joined: bool = True
+) -> None:
     """Validation km (solid) and test km (dashed, `step` to the right) of `rows` at `x`, bars
-    over seeds."""
+    over seeds; points only, no lines, unless `joined`."""
     for metric in (VAL, TEST):
         test = metric == TEST
+        style = ("--" if test else "-") if joined else "none"
         ax.errorbar(
             x + step if test else x,
             rows[metric],
@@ -171,7 +214,7 @@ def _errorbar(ax, x, rows: pd.DataFrame, color: str, step: float = 0.0) -> None:
             color=color,
             marker="s" if test else "o",
             markerfacecolor="none" if test else color,
-            linestyle="--" if test else "-",
+            linestyle=style,
             alpha=0.75 if test else 1.0,
             capsize=3,
         )
