@@ -139,7 +139,13 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         if distributed:
             dist.barrier()
         model.feature_cache = build_feature_cache(model, datamodule)  # rank 0 made it: a load
-    from geoguess.models.loggers import build_loggers, define_summaries, finish, log_media
+    from geoguess.models.loggers import (
+        build_loggers,
+        define_summaries,
+        finish,
+        log_media,
+        log_results,
+    )
 
     loggers = build_loggers(cfg)
     try:
@@ -172,6 +178,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
             grid = datamodule.fitted.grid if model.head.num_classes is not None else None
             maps = results_mod.write_outputs(out, results, model.test_predictions, country, grid)
             log_media(loggers, maps, model.test_predictions)
+            log_results(loggers, results)
             print(results_mod.summary(out, results))
     except SystemExit as exit_:  # Lightning's answer to Ctrl+C: a graceful stop, then exit 1
         raise Interrupted(
