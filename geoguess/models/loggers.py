@@ -69,7 +69,7 @@ def wandb_logger(
 
     mode = mode or os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
     if mode not in ("online", "offline", "disabled"):
-        raise GeoguessError(f"logger.mode={mode!r} is not online, offline or disabled")
+        raise GeoguessError(f"logger.wandb.mode={mode!r} is not online, offline or disabled")
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
         log.warning("W&B: not logged in (run `wandb login`), so this run is logged offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -239,7 +239,9 @@ def log_results(loggers, results: dict) -> None:
             import wandb
 
             artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=dict(results))
-            artifact.add_file(str(best), name=Path(best).name)
+            # Immutable: W&B reads the run folder's file at upload (a later `wandb sync` of an
+            # offline run too) instead of copying every checkpoint into its staging folder.
+            artifact.add_file(str(best), name=Path(best).name, policy="immutable", skip_cache=True)
             run.log_artifact(artifact, aliases=["best", "latest"])
 
 
