@@ -23,7 +23,13 @@ from geoguess import results as results_mod
 from geoguess.errors import GeoguessError
 from geoguess.launched import join_launched_ranks, refuse_ddp_in_local_sweep
 from geoguess.models import checkpoint as ckpt
-from geoguess.models.loggers import build_loggers, define_summaries, finish, log_media
+from geoguess.models.loggers import (
+    build_loggers,
+    define_summaries,
+    finish,
+    log_media,
+    log_results,
+)
 from geoguess.utils.cli import CONFIG_PATH, check_missing, instantiate, user_errors
 
 log = logging.getLogger("geoguess.train")
@@ -157,6 +163,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
             grid = datamodule.fitted.grid if model.head.num_classes is not None else None
             maps = results_mod.write_outputs(out, results, model.test_predictions, country, grid)
             log_media(loggers, maps, model.test_predictions)
+            log_results(loggers, results)
             print(results_mod.summary(out, results))
     except SystemExit as exit_:  # Lightning's answer to Ctrl+C: a graceful stop, then exit 1
         raise Interrupted(

@@ -86,7 +86,7 @@ def test_every_group_option_of_the_issue_exists():
     assert options("image") == ["112px", "128px", "224px", "288px", "56px", "64px"]
     assert options("callbacks") == ["default", "with_early_stopping"]
     assert options("grid") == ["adaptive", "square"]
-    assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
+    assert options("logger") == ["csv", "many_loggers", "none", "tensorboard", "wandb"]
     assert options("experiment") == [
         "best_cpu",
         "best_cpu_128",
@@ -207,16 +207,14 @@ def test_trainer_options_instantiate_or_say_why(tmp_path):
 
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger_options_instantiate(name, tmp_path, monkeypatch):
-    from hydra.utils import instantiate
-
-    from geoguess.models.loggers import finish
+    from geoguess.models.loggers import build_loggers, finish
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     with composed([f"logger={name}"], tmp_path) as cfg:
         if name == "none":
             assert cfg.logger is None
             return
-        logger = instantiate(cfg.logger)
+        (logger, *_) = build_loggers(cfg)
         logger.log_metrics({"val/haversine_km": 1.0}, step=0)
         finish([logger])
     assert logger.save_dir and Path(logger.save_dir) == tmp_path
@@ -225,9 +223,7 @@ def test_logger_options_instantiate(name, tmp_path, monkeypatch):
 
 
 def test_wandb_run_is_named_grouped_and_kept_for_resumes(tmp_path, monkeypatch):
-    from hydra.utils import instantiate
-
-    from geoguess.models.loggers import RUN_ID_FILE, finish, run_name, sweep_name
+    from geoguess.models.loggers import RUN_ID_FILE, build_loggers, finish, run_name, sweep_name
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     with composed([], tmp_path):
@@ -235,13 +231,13 @@ def test_wandb_run_is_named_grouped_and_kept_for_resumes(tmp_path, monkeypatch):
         assert run_name([], tmp_path) == tmp_path.name
     overrides = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}/sweep-7"]
     with composed([*overrides, "grid.spacing=0.3", "head=regression"], tmp_path) as cfg:
-        assert sweep_name() == "train-sweep-7"
-        logger = instantiate(cfg.logger)
-        assert logger.swept == {"grid.spacing": 0.3, "head": "regression"}
+        assert sweep_name() == "train-multirun-sweep-7"
+        (logger,) = build_loggers(cfg)
+        assert logger.swept == {"overrides": {"grid.spacing": 0.3, "head": "regression"}}
         first = logger.experiment.id
         assert logger.experiment.name == "grid.spacing=0.3 head=regression"
         finish([logger])
-        again = instantiate(cfg.logger)  # a resumed run in the same folder
+        (again,) = build_loggers(cfg)  # a resumed run in the same folder
         assert again.experiment.id == first == (tmp_path / RUN_ID_FILE).read_text().strip()
         finish([again])
 

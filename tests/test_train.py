@@ -28,6 +28,7 @@ from tests.train_helpers import (
     run_cli,
     run_training,
 )
+from tests.wandb_records import read_run
 
 
 @pytest.fixture(scope="module")
@@ -293,15 +294,16 @@ def test_a_sweep_writes_one_folder_per_job_and_survives_a_failed_job(data_root, 
         # One W&B run per job (wandb.finish() between them), offline, in the job's directory.
         (offline,) = (job / "wandb").glob("offline-run-*")
         # Ready for W&B's panels: the maps as images, the predictions as a table, and each
-        # swept setting as a top-level config key.
+        # swept setting under the config's `overrides`.
         names = [p.name for p in offline.rglob("*") if p.is_file()]
         assert any(n.startswith("test_errors") and n.endswith(".png") for n in names), names
         assert any(n.startswith("grid") and n.endswith(".png") for n in names), names
         assert any(n.endswith(".table.json") for n in names), names
-        # The offline log (protobuf): a config item keyed exactly by the override, then its value.
         (record,) = offline.glob("run-*.wandb")
-        logged = record.read_bytes()
-        assert b"\x0cgrid.spacing\x82" in logged and b"\x0coptimizer.lr\x82" in logged
+        run = read_run(record)
+        assert run.config["overrides"]["optimizer.lr"] == 1e-3
+        assert run.config["overrides"]["grid.spacing"] == run.config["grid"]["spacing"]
+        assert run.group == f"train-multirun-{sweep.name}"  # the sweep's jobs in one group
         # The printed checkpoint path works pasted unquoted into the next command.
         best = json.loads((job / "results.json").read_text())["best_checkpoint"]
         assert not set(best) & set("=, '\"")

@@ -1,10 +1,13 @@
-"""Experiment loggers, built from `conf/logger/*.yaml`.
+"""Experiment loggers, built from `conf/logger/*.yaml`: each file holds its logger under its
+own name (`logger.csv`, `logger.wandb`), so `logger=[csv,tensorboard]` runs both.
 
 W&B runs online when the user is logged in and offline otherwise (saying how to upload later);
 `WANDB_MODE` in the environment always wins. A run folder keeps its W&B run id
 (`wandb-run-id`), so a resumed run continues the same W&B run; in a sweep each job is its own
-W&B run, named after its overrides, in a group named after the sweep, with the swept settings as
-top-level config keys (ready for W&B's parallel-coordinates and grouping panels).
+W&B run, named after its overrides, in a group named after the sweep. Its config is the full
+resolved config, nested, with the run's overrides beside it under `overrides`; its tags name
+the experiment, backbone, head, grid and data it ran with; at the end its summary gets the
+results a dashboard compares (`log_results`) and the best checkpoint becomes a model artifact.
 """
 
 from __future__ import annotations
@@ -20,14 +23,32 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "wandb-run-id"
 
 
+# The config groups a run's tags name (`backbone:efficientnet_lite0`), when chosen.
+TAGGED_GROUPS = ("experiment", "backbone", "head", "grid", "data")
+
+
 def build_loggers(cfg) -> list:
-    """The configured logger as a list (empty for `logger=none`)."""
+    """Every configured logger, one per entry of `logger` (none for `logger=none`; an entry set
+    to null, `logger.csv=null`, is left out)."""
+    from collections.abc import Mapping
+
     from geoguess.utils.cli import instantiate
 
     node = cfg.get("logger")
     if not node:
         return []
-    return [instantiate(node)]
+    loggers = []
+    for name, entry in node.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping) or "_target_" not in entry:
+            raise GeoguessError(
+                f"logger.{name} is not a logger (it has no _target_): each conf/logger/*.yaml "
+                "holds its logger under its own name, e.g. `csv: {_target_: ...}`; set a key "
+                "with logger.<name>.<key>=..."
+            )
+        loggers.append(instantiate(entry))
+    return loggers
 
 
 def wandb_logger(
@@ -38,13 +59,17 @@ def wandb_logger(
     mode: str | None = None,
     tags: list[str] | None = None,
     job_type: str | None = None,
+    log_model: bool = True,
 ):
-    """A Lightning `WandbLogger`; `mode` null: online if logged in, else offline."""
+    """A Lightning `WandbLogger`; `mode` null: online if logged in, else offline.
+
+    `log_model`: `log_results` uploads the best checkpoint as a model artifact (Lightning's own
+    checkpoint upload stays off: it runs before the test, so without the results)."""
     from lightning.pytorch.loggers import WandbLogger
 
     mode = mode or os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
     if mode not in ("online", "offline", "disabled"):
-        raise GeoguessError(f"logger.mode={mode!r} is not online, offline or disabled")
+        raise GeoguessError(f"logger.wandb.mode={mode!r} is not online, offline or disabled")
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
         log.warning("W&B: not logged in (run `wandb login`), so this run is logged offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -54,7 +79,7 @@ def wandb_logger(
         project=project,
         group=group or sweep_name(),
         name=name or run_name(overrides, save_dir),
-        tags=list(tags or []),
+        tags=list(dict.fromkeys([*(tags or []), *choice_tags()])),
         mode=mode,
         job_type=job_type,
         id=_run_id(Path(save_dir)),
@@ -64,7 +89,10 @@ def wandb_logger(
     )
     # Lightning still passes wandb's retired `anonymous` setting, which makes wandb warn.
     logger._wandb_init.pop("anonymous", None)
-    logger.swept = _swept_values(overrides)
+    # What train.py adds to the config it logs: the overrides beside the nested config (a group
+    # override such as `data=folder` must not replace the `data` block with its name).
+    logger.swept = {"overrides": _swept_values(overrides)} if overrides else {}
+    logger.log_best_model = bool(log_model)
     return logger
 
 
@@ -100,13 +128,21 @@ def _run_id(folder: Path) -> str:
 
 
 def sweep_name() -> str | None:
-    """`<command>-<sweep folder>` in a multirun, so the sweep's jobs form one W&B group."""
+    """`<command>-multirun-<sweep folder>` in a multirun (`train-multirun-<time>`), so the
+    sweep's jobs form one W&B group."""
     from hydra.types import RunMode
 
     hc = _hydra_config()
     if hc is None or hc.mode != RunMode.MULTIRUN:
         return None
-    return f"{hc.job.name}-{Path(hc.sweep.dir).name}"
+    return f"{hc.job.name}-multirun-{Path(hc.sweep.dir).name}"
+
+
+def choice_tags() -> list[str]:
+    """`group:option` for each of `TAGGED_GROUPS` the run chose (`head:hybrid`)."""
+    hc = _hydra_config()
+    choices = hc.runtime.choices if hc is not None else {}
+    return [f"{g}:{choices[g]}" for g in TAGGED_GROUPS if choices.get(g) not in (None, "null")]
 
 
 def run_name(overrides: list[str], save_dir: str | Path) -> str:
@@ -116,7 +152,7 @@ def run_name(overrides: list[str], save_dir: str | Path) -> str:
 
 
 def _swept_values(overrides: list[str]) -> dict:
-    """`{"grid.spacing": 0.5, ...}`: each override as a top-level W&B config key."""
+    """`{"grid.spacing": 0.5, "head": "hybrid"}`: each override, its value parsed as YAML."""
     import yaml
 
     values = {}
@@ -163,6 +199,50 @@ def log_media(loggers, maps: list[Path], predictions) -> None:
             logger.log_image(key=f"maps/{Path(path).stem}", images=[str(path)])
         if predictions is not None and len(predictions):
             logger.log_table(key="test/predictions", dataframe=predictions)
+
+
+def result_summary(results: dict) -> dict:
+    """The W&B summary keys of a `results.json` dict: its baseline, the error as a multiple of
+    the baseline, the share of guesses snapped to land, the classes, the split sizes and the
+    dataset (each one the results hold)."""
+    summary = {}
+    baseline = results.get("baseline_test_haversine_km")
+    error = results.get("test_haversine_km")
+    if baseline is not None:
+        summary["test/baseline_km"] = baseline
+        if error is not None and baseline > 0:
+            summary["test/error_over_baseline"] = error / baseline
+    snapped = results.get("snapped_share", results.get("test_snapped_share"))
+    if snapped is not None:
+        summary["test/snapped_share"] = snapped
+    for key in ("num_classes", "dataset"):
+        if results.get(key) is not None:
+            summary[key] = results[key]
+    for split, size in (results.get("split_sizes") or {}).items():
+        summary[f"split_sizes/{split}"] = size
+    return summary
+
+
+def log_results(loggers, results: dict) -> None:
+    """The run's results into each W&B run: `result_summary` in its summary, and the best
+    checkpoint as a model artifact with every result as its metadata (unless
+    `logger.wandb.log_model=false`)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers or []:
+        if not isinstance(logger, WandbLogger):
+            continue
+        run = logger.experiment
+        run.summary.update(result_summary(results))
+        best = results.get("best_checkpoint")
+        if getattr(logger, "log_best_model", False) and best and Path(best).is_file():
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=dict(results))
+            # Immutable: W&B reads the run folder's file at upload (a later `wandb sync` of an
+            # offline run too) instead of copying every checkpoint into its staging folder.
+            artifact.add_file(str(best), name=Path(best).name, policy="immutable", skip_cache=True)
+            run.log_artifact(artifact, aliases=["best", "latest"])
 
 
 def finish(loggers) -> None:
