@@ -84,7 +84,7 @@ class GeoDataModule(L.LightningDataModule):
         self.spatial_gap_km = _non_negative("data.spatial_gap_km", spatial_gap_km)
         self.spatial_block_km = (
             None
-            if spatial_block_km is None
+            if spatial_block_km in (None, "auto")
             else _non_negative("data.spatial_block_km", spatial_block_km)
         )
         self.fraction = _fraction(fraction)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 
@@ -69,3 +70,13 @@ def instantiate(node, *args, **kwargs):
         if isinstance(cause, GeoguessError):
             raise cause from None
         raise
+
+
+def to_log_files(text: str, logger_name: str) -> None:
+    """`text` into the command's log file (Hydra's file handler: train.log, predict.log) and
+    no other handler: what is printed on the terminal too, without printing it twice."""
+    logger = logging.getLogger(logger_name)
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
