@@ -30,6 +30,7 @@ RESULT_KEYS = (
     "epochs",
     "train_seconds",
     "dataset",
+    "split_sizes",
     "seed",
 )
 PREDICTION_COLUMNS = [
@@ -57,8 +58,10 @@ def completed(
     train_seconds: float,
     dataset: str | None,
     seed: int,
+    split_sizes: dict[str, int] | None = None,
 ) -> dict:
-    """The results of a run that finished."""
+    """The results of a run that finished; `split_sizes` the locations of each split
+    (train, val, test) the run used."""
     results = {
         "status": "ok",
         "error": None,
@@ -79,6 +82,11 @@ def completed(
         "epochs": epochs,
         "train_seconds": round(train_seconds, 3),
         "dataset": dataset,
+        "split_sizes": (
+            {name: int(split_sizes[name]) for name in ("train", "val", "test")}
+            if split_sizes is not None
+            else None
+        ),
         "seed": seed,
     }
     assert tuple(results) == RESULT_KEYS
@@ -126,6 +134,16 @@ def read(out: Path) -> dict:
     return json.loads((Path(out) / RESULTS_FILE).read_text())
 
 
+def report(out: Path, results: dict) -> str:
+    """Print the summary and write it into the run's log file (train.log); returns it."""
+    from geoguess.utils.cli import to_log_files
+
+    text = summary(out, results)
+    print(text)
+    to_log_files(text, "geoguess.results")
+    return text
+
+
 def summary(out: Path, results: dict) -> str:
     """What a person reads at the end of a run."""
 
@@ -153,6 +171,11 @@ def summary(out: Path, results: dict) -> str:
         f"  GeoGuessr score (of 5000)      {results['test_geoguessr_score'] or 0:.0f}",
         f"  baseline (train mean location) {km(baseline)}",
     ]
+    sizes = results.get("split_sizes")
+    if sizes:
+        lines.append(
+            f"  locations train / val / test   {sizes['train']} / {sizes['val']} / {sizes['test']}"
+        )
     if results["test_coverage50"] is not None:
         lines.append(
             f"  truth within radius50 / 90      {share(results['test_coverage50'])} / "

@@ -164,7 +164,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
             maps = results_mod.write_outputs(out, results, model.test_predictions, country, grid)
             log_media(loggers, maps, model.test_predictions)
             log_results(loggers, results)
-            print(results_mod.summary(out, results))
+            results_mod.report(out, results)
     except SystemExit as exit_:  # Lightning's answer to Ctrl+C: a graceful stop, then exit 1
         raise Interrupted(
             f"interrupted; resume with: python -m geoguess.train hydra.run.dir={out} "
@@ -201,6 +201,7 @@ def _results(cfg, model, trainer, datamodule, best_callback, best, seconds: floa
         train_seconds=seconds,
         dataset=datamodule.fitted.info.get("dataset_key"),
         seed=int(cfg.seed),
+        split_sizes={name: len(frame) for name, frame in datamodule.splits.items()},
     )
 
 

@@ -300,3 +300,27 @@ def test_real_sample_is_valid_within_tolerance(real_sample, tmp_path):
     )
     # ...but rejected by a tighter one.
     assert len(tight.problems) == int((outside > 0.1).sum()) > 0
+
+
+def test_cli_takes_the_training_overrides_and_caches_at_their_size(tmp_path):
+    """`experiment=best_cpu` composes (validate shares the training config's groups) and the
+    cache is built at the size that experiment's training reads (288 px), not a default."""
+    root = tmp_path / "data"
+    frame = write_dataset(root, 3, size=8, seed=4)
+    result = run_module(
+        "geoguess.data.validate",
+        "experiment=best_cpu",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "locations: 3 rows, 3 valid, 0 invalid" in result.stdout
+    key = validate(root, tmp_path, image_size=None).key
+    cache = cache_mod.ImageCache.load(tmp_path / "cache", key, 288)
+    assert cache is not None and sorted(cache.uuids) == sorted(frame["uuid"])
+    assert cache.open().shape == (3, 4, 3, 288, 288)
+    assert f"({288} px)" in result.stdout
+    assert cache_mod.ImageCache.load(tmp_path / "cache", key, 224) is None

@@ -84,7 +84,7 @@ class GeoDataModule(L.LightningDataModule):
         self.spatial_gap_km = _non_negative("data.spatial_gap_km", spatial_gap_km)
         self.spatial_block_km = (
             None
-            if spatial_block_km is None
+            if spatial_block_km in (None, "auto")
             else _non_negative("data.spatial_block_km", spatial_block_km)
         )
         self.fraction = _fraction(fraction)
@@ -204,15 +204,7 @@ class GeoDataModule(L.LightningDataModule):
                 self.spatial_gap_km,
                 self.spatial_block_km,
                 self.country.crs,
-            )
-            dropped = int((labels == "dropped").sum())
-            if dropped:
-                log.info(
-                    "spatial split: %d training locations within %g km of a val/test location "
-                    "left out",
-                    dropped,
-                    self.spatial_gap_km,
-                )
+            )  # logs its blocks, sizes and dropped locations
         keep = fraction_mask(valid["uuid"].tolist(), self.fraction)
         splits = {name: valid[(labels == name) & keep].reset_index(drop=True) for name in SPLITS}
         if splits["train"].empty:

@@ -1,8 +1,11 @@
-"""`python -m geoguess.data.validate data=folder data.root=PATH`: check a dataset.
+"""`python -m geoguess.data.validate [training overrides] data.root=PATH`: check a dataset.
 
 Prints a summary (locations, valid ones, each problem with file, row and reason), writes
 `invalid_locations.csv` into its run folder and exits 1 when anything is invalid. With
-`data.cache=true` the same pass builds the image cache at `image.size`. Never imports torch.
+`data.cache=true` the same pass builds the image cache at `image.size`. Its config is the
+training config (`conf/validate.yaml`, data=folder by default), so the training run's own
+overrides (`experiment=best_cpu`) give the image size that training will read and the cache it
+will find. Never imports torch.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import hydra
 from omegaconf import DictConfig
 
 from geoguess.utils.cli import CONFIG_PATH, user_errors
+
+# data=synthetic: its own set, found (or made) in the cache. Told by the target, not by a
+# `generator` key, which an experiment written for the generated set adds to data=folder too.
+SYNTHETIC_TARGET = "geoguess.data.SyntheticDataModule"
 
 
 @hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="validate")
@@ -29,7 +36,7 @@ def main(cfg: DictConfig) -> int:
     out = runs.claim(cfg)
     country = instantiate(cfg.country)
     data = cfg.data
-    if "generator" in data:  # data=synthetic: its own set, made in the cache when missing
+    if data.get("_target_") == SYNTHETIC_TARGET:
         roots = [resolve_synthetic(data.root, country, data.generator, data.num_workers)]
     else:
         roots = as_roots(data.root)

@@ -3,15 +3,89 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from geoguess.errors import GeoguessError
-from geoguess.runs import register_resolvers
+from geoguess.runs import CHECKPOINT_DIR, global_rank, register_resolvers
 
 CONFIG_PATH = "../conf"  # relative to the module holding the @hydra.main function
 
 register_resolvers()  # before any command composes its config
+
+# The folders this process's single run created, its run folder first, then each parent it
+# had to make (RunFolderGuard): what a refused command removes again.
+_created_folders: list[Path] = []
+
+try:  # Hydra is a dependency; the guard only keeps this module importable on its own.
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class RunFolderGuard(_HydraCallback):
+    """Makes a single run's folder before Hydra does, so that a folder that cannot be made
+    is one plain line (not Hydra's traceback), and remembers what it made, so that a command
+    refused with a user error leaves no folder behind (`user_errors`).
+
+    Registered in `conf/run_dir.yaml` as a Hydra callback; sweeps keep every job's folder
+    (a failed job's `results.json` is the sweep's record of it).
+    """
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # the folder's `${hydra:job.name}` needs it
+        out = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra will make it
+        _created_folders[:] = make_run_folder(out)
+
+
+def make_run_folder(out: Path) -> list[Path]:
+    """Create `out` (and its parents); the folders created, deepest first. A folder that
+    cannot be made or written into exits with one line saying which and why."""
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        for folder in missing:  # the parents made before the failure
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        print(
+            f"error: cannot write the run folder {out}: {exc.strerror or exc}; choose another "
+            "with hydra.run.dir=PATH",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    return missing
+
+
+def remove_refused_run_folder(exc: GeoguessError) -> None:
+    """Remove the run folder (and the parents) this command made, now that it was refused,
+    unless it holds what the user needs: a checkpoint, or a file the message names."""
+    if not _created_folders or global_rank() != 0:
+        return
+    out = _created_folders[0]
+    checkpoints = out / CHECKPOINT_DIR
+    if (checkpoints.is_dir() and any(checkpoints.iterdir())) or str(out) in str(exc):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # the command's log file, opened by Hydra
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(
+            out
+        ):
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(out, ignore_errors=True)
+    for folder in _created_folders[1:]:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    _created_folders.clear()
 
 
 def user_errors(main: Callable) -> Callable:
@@ -28,7 +102,11 @@ def user_errors(main: Callable) -> Callable:
             return main(cfg, *args, **kwargs)
         except GeoguessError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            if exc.exit_code == GeoguessError.exit_code:  # refused, not interrupted (130)
+                remove_refused_run_folder(exc)
             sys.exit(exc.exit_code)
+        finally:  # the folder is this command's to remove only while it runs
+            _created_folders.clear()
 
     return wrapper
 
@@ -69,3 +147,13 @@ def instantiate(node, *args, **kwargs):
         if isinstance(cause, GeoguessError):
             raise cause from None
         raise
+
+
+def to_log_files(text: str, logger_name: str) -> None:
+    """`text` into the command's log file (Hydra's file handler: train.log, predict.log) and
+    no other handler: what is printed on the terminal too, without printing it twice."""
+    logger = logging.getLogger(logger_name)
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
