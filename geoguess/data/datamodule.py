@@ -42,6 +42,7 @@ FEW_LOCATIONS = 10  # below this a split's mean error is mostly noise
 log = logging.getLogger(__name__)
 
 ON_INVALID = ("error", "skip")
+TRAIN_ORDERS = ("location", "block")
 GridFactory = Callable[..., ClassGrid]
 
 
@@ -108,6 +109,8 @@ class GeoDataModule(L.LightningDataModule):
         self.report: ValidationReport | None = None
         self.splits: dict[str, pd.DataFrame] = {}
         self.datasets: dict[str, GeoguesserDataset] = {}
+        # The training order's sampler (TRAIN_ORDERS), once chosen: see _train_order.
+        self.train_order_kind: str | None = None
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
@@ -142,8 +145,22 @@ class GeoDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict:
-        """Saved by Lightning into checkpoints: what is needed to predict like this run."""
-        return {"fitted": self.fitted.to_dict()} if self.fitted is not None else {}
+        """Saved by Lightning into checkpoints: what is needed to predict like this run, and
+        the training order chosen (a resumed run keeps it whatever its memory)."""
+        state = {"fitted": self.fitted.to_dict()} if self.fitted is not None else {}
+        if self.train_order_kind is not None:
+            state["train_order"] = self.train_order_kind
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Lightning restores this before it asks for the loaders (the fitted data came in
+        through `fitted`)."""
+        kind = state_dict.get("train_order")
+        if kind is not None and kind not in TRAIN_ORDERS:
+            raise DataError(
+                f"the checkpoint's training order {kind!r} is not one of {', '.join(TRAIN_ORDERS)}"
+            )
+        self.train_order_kind = kind if kind is not None else self.train_order_kind
 
     # -- Validation ---------------------------------------------------------------------------
 
@@ -313,12 +330,26 @@ class GeoDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         trainer = getattr(self, "trainer", None)
         ranks = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
-        cache = dataset.cache
-        if shuffle and cache is not None and should_block_shuffle(cache.data_path.stat().st_size):
+        if shuffle and self._train_order(dataset) == "block":
             sampler = BlockShuffle(dataset.rows, self.seed, **ranks)
         else:
             sampler = LocationShuffle(len(dataset), self.seed, shuffle=shuffle, **ranks)
         return self._batches(dataset, sampler)
+
+    def _train_order(self, dataset: GeoguesserDataset) -> str:
+        """`block` (`BlockShuffle`) when the image cache does not fit in memory, else
+        `location`; chosen once per run, by rank 0, and kept in checkpoints. Each rank takes
+        its share of the same order only if every rank uses the same sampler, and free memory
+        differs from rank to rank, moment to moment and machine to machine."""
+        if self.train_order_kind is None:
+            cache = dataset.cache
+            big = cache is not None and should_block_shuffle(cache.data_path.stat().st_size)
+            kind = "block" if big else "location"
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None:  # every rank asks for its loader: a collective is safe here
+                kind = trainer.strategy.broadcast(kind, src=0)
+            self.train_order_kind = kind
+        return self.train_order_kind
 
     def _batches(self, dataset: GeoguesserDataset, sampler) -> DataLoader:
         # From the cache, reading whole batches in this process is the fastest (no batch crosses
