@@ -9,7 +9,6 @@ the user's side (format, settings, cache).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from geoguess.data import settings as checked
 from geoguess.data import stats as stats_mod
 from geoguess.data.augment import BatchAugment
 from geoguess.data.cache import stats_path
@@ -81,27 +81,29 @@ class GeoDataModule(L.LightningDataModule):
         super().__init__()
         self.roots: list[Path] = []
         self.ratios = check_ratios(split)
-        self.split_by = _choice("data.split_by", split_by, SPLIT_BY)
-        self.spatial_gap_km = _non_negative("data.spatial_gap_km", spatial_gap_km)
+        self.split_by = checked.choice("data.split_by", split_by, SPLIT_BY)
+        self.spatial_gap_km = checked.non_negative("data.spatial_gap_km", spatial_gap_km)
         self.spatial_block_km = (
             None
             if spatial_block_km is None
-            else _non_negative("data.spatial_block_km", spatial_block_km)
+            else checked.non_negative("data.spatial_block_km", spatial_block_km)
         )
-        self.fraction = _fraction(fraction)
-        self.on_invalid = _choice("data.on_invalid", on_invalid, ON_INVALID)
-        self.outside_tolerance_km = _non_negative("data.outside_tolerance_km", outside_tolerance_km)
+        self.fraction = checked.fraction(fraction)
+        self.on_invalid = checked.choice("data.on_invalid", on_invalid, ON_INVALID)
+        self.outside_tolerance_km = checked.non_negative(
+            "data.outside_tolerance_km", outside_tolerance_km
+        )
         self.use_cache = bool(cache)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.augment = bool(augment)
         self.augmenter = BatchAugment(seed=seed) if self.augment else None
-        self.batch_size = _positive_int("data.batch_size", batch_size)
-        self.num_workers = _non_negative_int("data.num_workers", num_workers)
+        self.batch_size = checked.positive_int("data.batch_size", batch_size)
+        self.num_workers = checked.non_negative_int("data.num_workers", num_workers)
         self.country = Country.coerce(country)
         if grid is None and fitted is None:
             raise DataError("a data module needs a grid factory (the grid config) or a fit")
         self.grid_factory = grid
-        self.image_size = _positive_int("image.size", image_size)
+        self.image_size = checked.positive_int("image.size", image_size)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = int(seed)
         self.fitted = fitted
@@ -115,15 +117,21 @@ class GeoDataModule(L.LightningDataModule):
     # -- Lightning hooks ----------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Validate every row and file and build the image cache (rank 0, idempotent)."""
-        self._check_valid(self.validate())
+        """Validate every row and file, build the image cache and, for a new fit, store the
+        training split's image statistics beside it (rank 0, idempotent): the other ranks of a
+        distributed run read them in `setup` instead of each computing them again."""
+        valid = self._check_valid(self.validate())
+        if self.fitted is None:
+            self.splits = self.splits or self._split(valid)
+            self._image_stats(self.report, self.splits["train"])
 
     def setup(self, stage: str | None = None) -> None:
         """Splits, train-fitted targets/grid/statistics and datasets; idempotent."""
         if self.datasets:
             return
         report = self.validate()
-        self.splits = self._split(self._check_valid(report))
+        valid = self._check_valid(report)
+        self.splits = self.splits or self._split(valid)
         if self.fitted is None:
             self.fitted = self._fit(report, self.splits["train"])
         elif self.fitted.image_size != self.image_size:
@@ -387,38 +395,3 @@ def _write_once(path: Path, fitted: FittedData) -> None:
     if path.exists() and path.read_text() == text:
         return
     write_text_atomic(path, text)
-
-
-# -- Setting checks ---------------------------------------------------------------------------
-
-
-def _choice(key: str, value, allowed) -> str:
-    if value not in allowed:
-        raise DataError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _fraction(value) -> float:
-    value = float(value)
-    if not (0 < value <= 1):
-        raise DataError(f"data.fraction={value} must be in (0, 1]")
-    return value
-
-
-def _non_negative(key: str, value) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise DataError(f"{key}={value} must be a non-negative number")
-    return value
-
-
-def _positive_int(key: str, value) -> int:
-    if int(value) != value or int(value) <= 0:
-        raise DataError(f"{key}={value!r} must be a positive integer")
-    return int(value)
-
-
-def _non_negative_int(key: str, value) -> int:
-    if int(value) != value or int(value) < 0:
-        raise DataError(f"{key}={value!r} must be a non-negative integer")
-    return int(value)
