@@ -452,3 +452,25 @@ def test_statistics_are_computed_once_by_rank_zero_before_the_others_set_up(tmp_
     ]
     expected = train.reshape(-1, 3, SIZE * SIZE).transpose(1, 0, 2).reshape(3, -1).mean(1) / 255
     assert np.allclose(rank_zero.fitted.image_mean, expected)
+
+
+def test_augmentation_parameters_are_drawn_before_the_transfer_and_travel_with_the_batch(ready):
+    class Trainer:
+        training, current_epoch = True, 2
+
+    batch = next(iter(ready.train_dataloader()))
+    raw = batch["images"].clone()
+    ready.trainer = Trainer()
+    try:
+        alone = ready.on_after_batch_transfer(dict(batch, images=raw.clone()), 0)["images"]
+        before = ready.on_before_batch_transfer(dict(batch, images=raw.clone()), 0)
+        params = before["augment_params"]
+        assert params.device.type == "cpu" and params.is_pinned() == torch.cuda.is_available()
+        after = ready.on_after_batch_transfer(before, 0)
+        Trainer.training = False
+        evaluated = ready.on_before_batch_transfer(dict(batch, images=raw.clone()), 0)
+    finally:
+        ready.trainer = None
+    assert "augment_params" not in after and torch.equal(after["images"], alone)
+    assert not torch.equal(alone, raw)
+    assert "augment_params" not in evaluated

@@ -36,13 +36,15 @@ from geoguess.data.split import (
 from geoguess.data.targets import TargetSpace
 from geoguess.data.validation import ValidationReport, validate_dataset
 from geoguess.geo import ClassGrid, Country
-from geoguess.utils.io import write_csv_atomic, write_text_atomic
+from geoguess.utils.io import write_csv_atomic
 
 FEW_LOCATIONS = 10  # below this a split's mean error is mostly noise
 log = logging.getLogger(__name__)
 
 ON_INVALID = ("error", "skip")
 TRAIN_ORDERS = ("location", "block")
+# A training batch's augmentation parameters between the two batch-transfer hooks.
+AUGMENT_PARAMS = "augment_params"
 GridFactory = Callable[..., ClassGrid]
 
 
@@ -141,7 +143,7 @@ class GeoDataModule(L.LightningDataModule):
             )
         self.datasets = {name: self._dataset(name, frame) for name, frame in self.splits.items()}
         if self.run_dir is not None and self._is_global_zero():
-            _write_once(self.run_dir / "fitted.json", self.fitted)
+            self.fitted.save_once(self.run_dir / "fitted.json")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -161,8 +163,7 @@ class GeoDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Lightning restores this before it asks for the loaders (the fitted data came in
-        through `fitted`)."""
+        """Restored before the loaders are built (the fitted data came in as `fitted`)."""
         kind = state_dict.get("train_order")
         if kind is not None and kind not in TRAIN_ORDERS:
             raise DataError(
@@ -307,13 +308,26 @@ class GeoDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         return self._batches(dataset, LocationShuffle(len(dataset), shuffle=False))
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """A training batch's augmentation parameters, drawn on the host from its host indices
+        (after the transfer, reading them would wait for the device) and moved with it."""
+        if self._augmenting():
+            epoch, shape = self.trainer.current_epoch, batch["images"].shape
+            batch[AUGMENT_PARAMS] = self.augmenter.prepare(batch["index"], epoch, shape)
+        return batch
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Training batches augmented here, on the training device, as whole batches; each
         location's crop and jitter depend on (seed, epoch, location) alone."""
-        trainer = getattr(self, "trainer", None)
-        if self.augmenter is not None and trainer is not None and trainer.training:
-            batch["images"] = self.augmenter(batch["images"], batch["index"], trainer.current_epoch)
+        params = batch.pop(AUGMENT_PARAMS, None)
+        if self._augmenting():
+            epoch = self.trainer.current_epoch
+            batch["images"] = self.augmenter(batch["images"], batch["index"], epoch, params)
         return batch
+
+    def _augmenting(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return self.augmenter is not None and trainer is not None and trainer.training
 
     def _dataset(self, name: str, frame: pd.DataFrame) -> GeoguesserDataset:
         lat, lon = frame["latitude"].to_numpy(), frame["longitude"].to_numpy()
@@ -346,9 +360,8 @@ class GeoDataModule(L.LightningDataModule):
 
     def _train_order(self, dataset: GeoguesserDataset) -> str:
         """`block` (`BlockShuffle`) when the image cache does not fit in memory, else
-        `location`; chosen once per run, by rank 0, and kept in checkpoints. Each rank takes
-        its share of the same order only if every rank uses the same sampler, and free memory
-        differs from rank to rank, moment to moment and machine to machine."""
+        `location`; chosen once per run by rank 0 and kept in checkpoints: the ranks' shares
+        partition one order only if all use the same sampler, whatever memory each finds free."""
         if self.train_order_kind is None:
             cache = dataset.cache
             big = cache is not None and should_block_shuffle(cache.data_path.stat().st_size)
@@ -384,14 +397,3 @@ class FolderDataModule(GeoDataModule):
 
     def dataset_roots(self) -> list[Path]:
         return self.roots
-
-
-def _write_once(path: Path, fitted: FittedData) -> None:
-    """Write `fitted.json` atomically; an identical file is kept, a different one never
-    clobbered (a second data module in the same run directory must reproduce the first)."""
-    import json
-
-    text = json.dumps(fitted.to_dict(), indent=2) + "\n"
-    if path.exists() and path.read_text() == text:
-        return
-    write_text_atomic(path, text)
