@@ -66,3 +66,30 @@ def test_refuses_at_once_when_torch_finds_no_gpu(name, tmp_path):
     assert "nothing run" in lines[0] and "torch" in lines[0]
     assert seconds < 60
     assert not (tmp_path / "out").exists()
+
+
+def test_acceptance_rows_read_the_logs_and_probe_files(tmp_path):
+    from tests.cli import experiment_script
+
+    probes = experiment_script("gpu_probes")
+    log = tmp_path / "train.log"
+    log.write_text(
+        "[2026-12-06 10:00:00,000][geoguess.data][INFO] - data ready\n"
+        "[2026-12-06 10:00:01,250][geoguess.models.feature_cache][INFO] - computing backbone "
+        "features of 2000 locations once (features-x.npy)\n"
+        "a line without a time stamp\n"
+        "[2026-12-06 10:00:13,750][geoguess.train][INFO] - next\n"
+    )
+    assert probes.feature_cache_row(log) == ["| feature cache build | 12.5 s |"]
+    compile_log = tmp_path / "compile.log"
+    compile_log.write_text("x\nV1206 Recompiling function forward in a.py:1\nRecompiling b\ny\n")
+    assert probes.recompiles_row(compile_log)[0].endswith("| 2 |")
+    probe = tmp_path / "probe.json"
+    probe.write_text(
+        '{"epochs": [{"epoch": 1, "images_per_s": 2048.0, "step_ms": 125.0, "steps": 25,'
+        ' "host_syncs_per_step": 0.04, "sync_sites": {"module.py:230": 1}}]}'
+    )
+    assert probes.train_rows("r50", probe) == [
+        "| r50, epoch 1 | 2,048 images/s, 125.0 ms/step over 25 steps; host syncs 0.04/step: "
+        "module.py:230 (1) |"
+    ]
