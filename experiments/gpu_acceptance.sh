@@ -73,7 +73,8 @@ step env 60 "$PY" experiments/gpu_probes.py env "$OUT" && cat "$OUT/env.log" >> 
 step bench 180 "$PY" -m geoguess.bench "bench.sections=[train_step,loader]" \
   "bench.train_backbones=[resnext50]" bench.train_image_size=224 bench.train_batch_size=64 \
   bench.train_steps=20 bench.warmup_steps=5 bench.precision=bf16 bench.channels_last=true \
-  "bench.image_sizes=[224]" bench.repeats=2 "hydra.run.dir=$OUT/bench" \
+  "bench.image_sizes=[224]" bench.repeats=2 bench.locations=1000 bench.loader_locations=512 \
+  "hydra.run.dir=$OUT/bench" \
   && rows bench-rows "$OUT/bench"
 
 step train 240 "${TRAIN[@]}" trainer.max_epochs=2 unfreeze=never "$(probe train)" \
