@@ -366,9 +366,9 @@ class GeoDataModule(L.LightningDataModule):
             cache = dataset.cache
             big = cache is not None and should_block_shuffle(cache.data_path.stat().st_size)
             kind = "block" if big else "location"
-            trainer = getattr(self, "trainer", None)
-            if trainer is not None:  # every rank asks for its loader: a collective is safe here
-                kind = trainer.strategy.broadcast(kind, src=0)
+            strategy = getattr(getattr(self, "trainer", None), "strategy", None)
+            if strategy is not None:  # every rank asks for its loader: a collective is safe here
+                kind = strategy.broadcast(kind, src=0)
             self.train_order_kind = kind
         return self.train_order_kind
 
