@@ -13,9 +13,11 @@ back into a Hydra command line).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,8 @@ JOB_FILE = "job.txt"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+
+log = logging.getLogger(__name__)
 
 
 class RunFolderError(GeoguessError):
@@ -60,15 +64,34 @@ def drop_resume_record(out: Path) -> None:
 
 
 def global_rank() -> int:
-    """This process's rank among the training processes (0 when there is only one), as
-    torchrun, SLURM or Lightning's own launcher set it in the environment."""
-    for key in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(key) is not None:
-            return int(os.environ[key])
-    if os.environ.get("LOCAL_RANK") is not None:  # Lightning's launcher: per node
+    """This process's rank among the training processes (0 when there is only one).
+
+    The rule by which Lightning chooses its cluster environment (`TorchElasticEnvironment`,
+    then `SLURMEnvironment`, then its own launcher's), so that this agrees with the trainer's
+    `global_rank`: torchrun's `RANK`; else `SLURM_PROCID` when SLURM started the tasks
+    (`SLURMEnvironment.detect()`: `srun`, not an interactive `salloc` or `srun --pty bash` shell,
+    whose job name is bash or interactive, where every process reads `SLURM_PROCID=0`); else the
+    `NODE_RANK` and `LOCAL_RANK` that Lightning's launcher gives the processes it starts (on
+    nodes past the first, exact with `LOCAL_WORLD_SIZE`, otherwise at least never 0).
+    """
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:  # torch's is_torchelastic_launched
+        return int(os.environ["RANK"])
+    if "SLURM_NTASKS" in os.environ and _slurm_started_tasks():
+        return int(os.environ["SLURM_PROCID"])
+    if os.environ.get("LOCAL_RANK") is not None:
+        node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        return int(os.environ.get("NODE_RANK", 0)) * local_size + int(os.environ["LOCAL_RANK"])
+        return node * local_size + int(os.environ["LOCAL_RANK"])
     return 0
+
+
+def _slurm_started_tasks() -> bool:
+    # Imported here: Lightning is only needed inside a SLURM allocation.
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    with warnings.catch_warnings():  # "srun is available but not used": Lightning says it too
+        warnings.simplefilter("ignore")
+        return SLURMEnvironment.detect()
 
 
 def run_stamp(pattern: str) -> str:
@@ -158,10 +181,24 @@ def claim_for_training(cfg, out: Path, ckpt_path: str | None) -> Path | None:
     """Take `out` for a training run; returns the checkpoint to resume from, if any.
 
     `ckpt_path=last` resumes the interrupted run of `out` itself; a path to a `.ckpt` starts
-    a new run in a fresh folder from that checkpoint. Nothing in `out` is changed when refused.
-    Only rank 0 of a distributed run claims the folder; the other ranks join it.
+    a new run in a fresh folder from that checkpoint. A job that SLURM restarted
+    (`SLURM_RESTART_COUNT` > 0: preempted, or requeued by submitit at its time limit, with the
+    same overrides) resumes its folder's `last.ckpt` as `ckpt_path=last` would. Nothing in `out`
+    is changed when refused. Only rank 0 of a distributed run claims the folder; the other ranks
+    join it.
     """
     out = Path(out)
+    restart = slurm_restart_count()
+    if restart and ckpt_path != "last":
+        if last_checkpoint(out).is_file():
+            # Preempted or requeued at its time limit (submitit resubmits the same overrides):
+            # continue the interrupted session instead of refusing its folder.
+            log.info("SLURM restarted this job (%d): resuming from %s", restart, out)
+            ckpt_path = "last"
+        elif global_rank() == 0 and _read_results(out) is None and holds_a_run(out):
+            # Stopped before its first checkpoint: start it again in its own folder.
+            write_record(out, cfg, resume=True)
+            return Path(ckpt_path).expanduser() if ckpt_path is not None else None
     if global_rank() != 0:
         resume = last_checkpoint(out) if ckpt_path == "last" else ckpt_path
         return Path(resume).expanduser() if resume is not None else None
@@ -191,6 +228,14 @@ def claim_for_training(cfg, out: Path, ckpt_path: str | None) -> Path | None:
         raise RunFolderError(f"ckpt_path={ckpt_path} does not exist")
     write_record(out, cfg)
     return Path(ckpt_path).expanduser() if ckpt_path is not None else None
+
+
+def slurm_restart_count() -> int:
+    """How many times SLURM has restarted this job (`SLURM_RESTART_COUNT`; 0 outside SLURM)."""
+    try:
+        return max(0, int(os.environ.get("SLURM_RESTART_COUNT", 0)))
+    except ValueError:
+        return 0
 
 
 def write_record(out: Path, cfg, resume: bool = False) -> Path:

@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from geoguess.data import augment as augment_mod
+from geoguess.data import augment_cpu
 from geoguess.data.augment import BatchAugment, TorchvisionViewAugment, sample_params
 
 DRAWS = 4000
@@ -197,9 +197,9 @@ def test_per_view_pivot_from_sampled_rows_is_within_about_a_grey_level():
     bands = (torch.arange(size).view(1, 1, size, 1) // 9 % 2) * 40.0
     base = smooth_images(4, size, seed=3).float().reshape(16, 3, size, size)
     images = (base * 0.5 + 180 * (1 - rows) + bands).clamp(0, 255).to(torch.uint8)
-    weights = np.array(augment_mod.GRAY_WEIGHTS)
+    weights = np.array(augment_cpu.GRAY_WEIGHTS)
     for view in images.permute(0, 2, 3, 1).numpy():
-        counts = augment_mod._pivot_histograms(np.ascontiguousarray(view))
+        counts = augment_cpu._pivot_histograms(np.ascontiguousarray(view))
         assert counts.shape == (3, 256) and (counts.sum(1) >= size * 32).all()
         sampled = weights @ (counts @ np.arange(256)) / counts[0].sum()
         full = weights @ view.reshape(-1, 3).mean(0)
@@ -208,7 +208,7 @@ def test_per_view_pivot_from_sampled_rows_is_within_about_a_grey_level():
     images = images.reshape(4, 4, 3, size, size)
     augment = BatchAugment(seed=5, backend="per_view")
     params = augment.params(torch.arange(4), 0, 4, size, size)
-    out = augment_mod.augment_per_view(images, params)
+    out = augment_cpu.augment_per_view(images, params)
     diff = (out.int() - torchvision_with(params, images, size).int()).abs().float()
     assert diff.mean() < 0.15 and diff.max() <= 3, (diff.mean(), diff.max())
 
@@ -219,7 +219,7 @@ def test_per_view_kernel_is_the_same_with_and_without_opencv(monkeypatch):
     indices = torch.tensor([5, 1, 8])
     augment = BatchAugment(seed=1, backend="per_view")
     with_opencv = augment(images, indices, epoch=2)
-    monkeypatch.setattr(augment_mod, "_opencv", lambda: None)
+    monkeypatch.setattr(augment_cpu, "_opencv", lambda: None)
     without = augment(images, indices, epoch=2)
     assert torch.equal(with_opencv, without)
     assert (with_opencv.int() - images.int()).abs().float().mean() > 5
@@ -228,7 +228,7 @@ def test_per_view_kernel_is_the_same_with_and_without_opencv(monkeypatch):
 def _augment_in_child(images, indices, queue) -> None:
     params = BatchAugment(seed=3).params(indices, 0, 4, S, S)
     # As numpy (pickled by value): a tensor would be sent as a handle to this process's memory.
-    queue.put(augment_mod.augment_per_view(images, params, threads=2).numpy())
+    queue.put(augment_cpu.augment_per_view(images, params, threads=2).numpy())
 
 
 def test_per_view_threads_work_in_a_forked_child():
@@ -236,7 +236,7 @@ def test_per_view_threads_work_in_a_forked_child():
 
     images, indices = smooth_images(2, S, seed=6), torch.arange(2)
     params = BatchAugment(seed=3).params(indices, 0, 4, S, S)
-    here = augment_mod.augment_per_view(images, params, threads=2)  # this process's threads
+    here = augment_cpu.augment_per_view(images, params, threads=2)  # this process's threads
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     child = context.Process(target=_augment_in_child, args=(images, indices, results))
@@ -249,7 +249,7 @@ def test_per_view_threads_work_in_a_forked_child():
 def test_the_resize_without_torchs_private_op_gives_the_same_bytes():
     """augment writes through torch's private `_upsample_bilinear2d_aa.out`; where a torch
     lacks it, the public F.interpolate runs instead, byte for byte the same."""
-    from geoguess.data.augment import _RESIZE_OUT, resize_into
+    from geoguess.data.augment_cpu import _RESIZE_OUT, resize_into
 
     crop = np.random.default_rng(0).integers(0, 256, (37, 51, 3), dtype=np.uint8)
     fast, public = (np.zeros((64, 64, 3), np.uint8) for _ in range(2))
@@ -261,3 +261,35 @@ def test_the_resize_without_torchs_private_op_gives_the_same_bytes():
     resize_into(np.ascontiguousarray(ramp), fast)
     assert (np.diff(fast[32, :, 0].astype(int)) >= 0).all()  # a resize: the ramp stays a ramp
     assert fast[:, 0].max() < 10 and fast[:, -1].min() > 245
+
+
+def test_packed_parameters_round_trip_exactly():
+    from geoguess.data.augment import PARAM_COLUMNS, pack_params, unpack_params
+
+    params = BatchAugment(seed=4).params(torch.tensor([9, 2, 40]), 3, 4, S, S)
+    packed = pack_params(params)
+    assert packed.dtype == torch.float64 and tuple(packed.shape) == (3, 4, len(PARAM_COLUMNS))
+    back = unpack_params(packed)
+    for name in PARAM_COLUMNS:
+        original, restored = getattr(params, name), getattr(back, name)
+        assert restored.dtype == original.dtype and np.array_equal(restored, original), name
+
+
+@pytest.mark.parametrize("backend", ["batched", "per_view"])
+def test_parameters_prepared_on_the_host_give_the_same_bytes(backend):
+    """The loader's path (parameters drawn before the batch moves, handed over packed) and the
+    kernels fed `ViewParams` directly, as they were before packing, agree byte for byte."""
+    from geoguess.data.augment import augment_batched
+
+    images, indices = smooth_images(5, S, seed=8), torch.tensor([7, 0, 3, 12, 5])
+    augment = BatchAugment(seed=2, backend=backend)
+    drawn_here = augment(images, indices, 6)
+    prepared = augment.prepare(indices, 6, images.shape)
+    handed_over = augment(images, None, 6, params=prepared)
+    params = augment.params(indices, 6, 4, S, S)
+    kernel = augment_batched if backend == "batched" else augment_cpu.augment_per_view
+    direct = kernel(images, params)
+    assert torch.equal(drawn_here, handed_over) and torch.equal(drawn_here, direct)
+    assert not torch.equal(drawn_here, images)
+    with pytest.raises(ValueError, match="parameters"):
+        augment(images[:4], None, 6, params=prepared)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from geoguess.data import cache as cache_mod
+from geoguess.data import decode as decode_mod
 from geoguess.data.io import image_paths
 from geoguess.data.validation import validate_dataset
 from tests.data_helpers import croatia, touch_newer, view_path, write_dataset
@@ -86,7 +87,7 @@ def test_cache_is_a_npy_holding_exactly_the_decoded_views(tmp_path):
     assert cache.offset + loaded.nbytes == cache.data_path.stat().st_size
     for uuid in frame["uuid"]:
         paths = [str(p) for p in image_paths(root, uuid)]
-        views, failures = cache_mod.decode_location(paths, 24)
+        views, failures = decode_mod.decode_location(paths, 24)
         assert not failures
         assert loaded[cache.index[uuid]].tobytes() == views.tobytes()
     assert isinstance(cache.open(), np.memmap)
@@ -149,9 +150,9 @@ def test_any_pil_readable_mode_and_size(tmp_path):
     Image.fromarray(pixels).convert("P").save(folder / "palette.jpg", format="PNG")
     Image.fromarray(pixels).save(folder / "large.jpg")
     for path in sorted(folder.iterdir()):
-        view = cache_mod.decode_image(path, 24)
+        view = decode_mod.decode_image(path, 24)
         assert view.shape == (3, 24, 24) and view.dtype == np.uint8, path.name
-    gray = cache_mod.decode_image(folder / "gray.jpg", 24)
+    gray = decode_mod.decode_image(folder / "gray.jpg", 24)
     assert np.array_equal(gray[0], gray[1]) and np.array_equal(gray[1], gray[2])
 
 

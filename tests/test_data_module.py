@@ -427,3 +427,50 @@ def test_a_split_of_very_few_locations_is_warned_about(tmp_path, caplog):
     for name, size in sizes.items():
         assert (f"the {name} split holds only {size} locations" in caplog.text) == (0 < size < 10)
     assert any(0 < size < 10 for size in sizes.values())
+
+
+def test_statistics_are_computed_once_by_rank_zero_before_the_others_set_up(tmp_path, monkeypatch):
+    """Rank 0's prepare_data stores them; every rank's setup (after the barrier) reads them."""
+    root = tmp_path / "data"
+    write_dataset(root, 20, size=32, seed=13)
+    computed = []
+    compute = stats_mod.stats_from_memmap
+    monkeypatch.setattr(
+        stats_mod, "stats_from_memmap", lambda *a: computed.append(1) or compute(*a)
+    )
+    rank_zero = make_dm(root, tmp_path / "cache")
+    rank_zero.prepare_data()
+    assert len(computed) == 1
+    other_rank = make_dm(root, tmp_path / "cache")
+    other_rank.setup("fit")
+    rank_zero.setup("fit")
+    rank_zero.prepare_data()  # Lightning calls it again inside fit
+    assert len(computed) == 1
+    assert other_rank.fitted.image_mean == rank_zero.fitted.image_mean
+    train = rank_zero.report.cache.open()[
+        [rank_zero.report.cache.index[u] for u in rank_zero.splits["train"]["uuid"]]
+    ]
+    expected = train.reshape(-1, 3, SIZE * SIZE).transpose(1, 0, 2).reshape(3, -1).mean(1) / 255
+    assert np.allclose(rank_zero.fitted.image_mean, expected)
+
+
+def test_augmentation_parameters_are_drawn_before_the_transfer_and_travel_with_the_batch(ready):
+    class Trainer:
+        training, current_epoch = True, 2
+
+    batch = next(iter(ready.train_dataloader()))
+    raw = batch["images"].clone()
+    ready.trainer = Trainer()
+    try:
+        alone = ready.on_after_batch_transfer(dict(batch, images=raw.clone()), 0)["images"]
+        before = ready.on_before_batch_transfer(dict(batch, images=raw.clone()), 0)
+        params = before["augment_params"]
+        assert params.device.type == "cpu" and params.is_pinned() == torch.cuda.is_available()
+        after = ready.on_after_batch_transfer(before, 0)
+        Trainer.training = False
+        evaluated = ready.on_before_batch_transfer(dict(batch, images=raw.clone()), 0)
+    finally:
+        ready.trainer = None
+    assert "augment_params" not in after and torch.equal(after["images"], alone)
+    assert not torch.equal(alone, raw)
+    assert "augment_params" not in evaluated

@@ -1,6 +1,6 @@
 """Decoding the views once: the memory-mapped uint8 image cache and the per-image verdicts.
 
-One parallel pass decodes every image at a DCT-reduced scale (`Image.draft`), resizes it to
+One parallel pass (`decode.py` decodes each location) decodes every image at a DCT-reduced scale (`Image.draft`), resizes it to
 `image.size` and writes the `uint8 [N, 4, 3, S, S]` array to disk: the array file is created at
 its full size first, and each worker process writes its own rows straight into it (`os.pwrite`
 at the row's offset), so no pixels pass through a pipe and memory stays flat however large the
@@ -12,24 +12,27 @@ costs once. Layout, under the cache folder:
     <key>/<S>px.npy, <key>/<S>px.json the image array (a self-describing .npy) and its manifest
                                       (uuid order, failures)
     <key>/stats-<S>px-<hash>.json     image statistics of one training split
+    <key>/<S>px.lock                  held while a process builds <S>px.npy: another one that
+                                      needs the same cache waits, then loads it
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile
 
+from geoguess.data.decode import decode_all, decode_location, view_key
 from geoguess.data.io import HEADINGS, image_paths
 from geoguess.utils.io import make_temp_file, write_json_atomic
 from geoguess.utils.processes import pool_context
@@ -39,99 +42,8 @@ log = logging.getLogger(__name__)
 # 2: the array is a .npy file (was raw .u8 bytes with the shape in the manifest).
 CACHE_VERSION = 2
 CACHE_FOLDER = ".geoguess-cache"
-# Verification only needs every byte decoded, not pixels at any size: the smallest DCT scale.
-VERIFY_SIZE = 8
-# Locations per task sent to a worker: large enough to amortise pickling, small enough to stream.
-CHUNKSIZE = 4
 # Locations a build worker decodes before one write: a few MB per write, memory flat in N.
 WRITE_ROWS = 8
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """`uint8 [3, size, size]` RGB of one image file; raises on any unreadable or truncated file.
-
-    `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (still reading every byte), which is
-    2-4x faster than a full decode followed by the same resize.
-    """
-    with _strict_truncation(), Image.open(path) as img:
-        img.draft("RGB", (size, size))
-        rgb = img.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
-def verify_image(path: str | Path) -> None:
-    """Decode every byte of an image at the smallest scale; raises when it does not decode."""
-    with _strict_truncation(), Image.open(path) as img:
-        img.draft("RGB", (VERIFY_SIZE, VERIFY_SIZE))
-        img.load()
-
-
-@contextlib.contextmanager
-def _strict_truncation():
-    # Some libraries switch PIL to accept truncated files, which would hide broken images.
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def describe_failure(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"does not decode ({text})"
-
-
-def decode_location(paths: Sequence[str], size: int | None) -> tuple[np.ndarray | None, dict]:
-    """The four views as `uint8 [4, 3, S, S]` (None when `size` is None: verify only).
-
-    Returns (array or None, {path: reason} of the views that failed); a location with any
-    failed view has no array.
-    """
-    failures: dict[str, str] = {}
-    views = []
-    for path in paths:
-        try:
-            if size is None:
-                verify_image(path)
-            else:
-                views.append(decode_image(path, size))
-        except Exception as exc:  # noqa: BLE001 - any decoder error makes the file unusable
-            failures[str(path)] = describe_failure(exc)
-    if failures or size is None:
-        return None, failures
-    return np.stack(views), failures
-
-
-def view_key(path: str | Path) -> str:
-    """`<uuid>/<heading>.jpg`: how verdicts name a view, valid wherever the dataset lives."""
-    path = Path(path)
-    return f"{path.parent.name}/{path.name}"
-
-
-def _decode_task(task: tuple[Sequence[str], int | None]) -> tuple[np.ndarray | None, dict]:
-    return decode_location(*task)
-
-
-def decode_all(
-    paths: Sequence[Sequence[str]], size: int | None, workers: int
-) -> Iterator[tuple[np.ndarray | None, dict]]:
-    """`decode_location` over every location, in order, in `workers` processes (0/1: here).
-
-    `imap` hands results back in order as they finish, so callers can stream them to disk.
-    """
-    tasks = ((list(p), size) for p in paths)
-    if workers <= 1 or len(paths) < 2 * CHUNKSIZE:
-        yield from map(_decode_task, tasks)
-        return
-    with pool_context().Pool(workers) as pool:
-        yield from pool.imap(_decode_task, tasks, chunksize=CHUNKSIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,11 +250,42 @@ def build_cache(
 
     `workers`: decoding processes (None: every core this process may use; 0 or 1: in this
     process). Written to a temporary file and renamed, so an interrupted build leaves no half
-    cache; locations with a failed view are stored as zeros and listed in the manifest.
+    cache; locations with a failed view are stored as zeros and listed in the manifest. One
+    process at a time builds a given cache (`building`): one that waited for another's build
+    loads that cache instead of building it again.
     """
-    frame = frame.sort_values("uuid", kind="stable")
     data_path, manifest_path = _cache_paths(cache_root, key, image_size)
     data_path.parent.mkdir(parents=True, exist_ok=True)
+    with building(data_path.with_suffix(".lock")):
+        built = ImageCache.load(cache_root, key, image_size)
+        if built is not None:  # another process built it while this one waited
+            return built
+        return _build(cache_root, key, frame, image_size, workers, progress)
+
+
+@contextlib.contextmanager
+def building(lock_path: Path):
+    """Holds an exclusive `flock` on `lock_path` (created if missing, never removed: a removed
+    lock file would let a third process lock a new one while the second still holds the old).
+
+    Concurrent first runs (a sweep's jobs, every node of a cluster on a shared file system)
+    would otherwise each decode the whole dataset into a temporary cache of its full size. The
+    lock is released by the kernel when its holder dies, so a killed build blocks no one."""
+    with open(lock_path, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building %s; waiting for it", lock_path.with_suffix(""))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(cache_root, key, frame, image_size, workers, progress) -> ImageCache:
+    frame = frame.sort_values("uuid", kind="stable")
+    data_path, manifest_path = _cache_paths(cache_root, key, image_size)
     tmp_name = make_temp_file(data_path.parent, data_path.name)  # 0644, not mkstemp's 0600
     try:
         failed = write_array(

@@ -9,7 +9,6 @@ the user's side (format, settings, cache).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from geoguess.data import settings as checked
 from geoguess.data import stats as stats_mod
 from geoguess.data.augment import BatchAugment
 from geoguess.data.cache import stats_path
@@ -36,12 +36,15 @@ from geoguess.data.split import (
 from geoguess.data.targets import TargetSpace
 from geoguess.data.validation import ValidationReport, validate_dataset
 from geoguess.geo import ClassGrid, Country
-from geoguess.utils.io import write_csv_atomic, write_text_atomic
+from geoguess.utils.io import write_csv_atomic
 
 FEW_LOCATIONS = 10  # below this a split's mean error is mostly noise
 log = logging.getLogger(__name__)
 
 ON_INVALID = ("error", "skip")
+TRAIN_ORDERS = ("location", "block")
+# A training batch's augmentation parameters between the two batch-transfer hooks.
+AUGMENT_PARAMS = "augment_params"
 GridFactory = Callable[..., ClassGrid]
 
 
@@ -80,27 +83,29 @@ class GeoDataModule(L.LightningDataModule):
         super().__init__()
         self.roots: list[Path] = []
         self.ratios = check_ratios(split)
-        self.split_by = _choice("data.split_by", split_by, SPLIT_BY)
-        self.spatial_gap_km = _non_negative("data.spatial_gap_km", spatial_gap_km)
+        self.split_by = checked.choice("data.split_by", split_by, SPLIT_BY)
+        self.spatial_gap_km = checked.non_negative("data.spatial_gap_km", spatial_gap_km)
         self.spatial_block_km = (
             None
             if spatial_block_km in (None, "auto")
-            else _non_negative("data.spatial_block_km", spatial_block_km)
+            else checked.non_negative("data.spatial_block_km", spatial_block_km)
         )
-        self.fraction = _fraction(fraction)
-        self.on_invalid = _choice("data.on_invalid", on_invalid, ON_INVALID)
-        self.outside_tolerance_km = _non_negative("data.outside_tolerance_km", outside_tolerance_km)
+        self.fraction = checked.fraction(fraction)
+        self.on_invalid = checked.choice("data.on_invalid", on_invalid, ON_INVALID)
+        self.outside_tolerance_km = checked.non_negative(
+            "data.outside_tolerance_km", outside_tolerance_km
+        )
         self.use_cache = bool(cache)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.augment = bool(augment)
         self.augmenter = BatchAugment(seed=seed) if self.augment else None
-        self.batch_size = _positive_int("data.batch_size", batch_size)
-        self.num_workers = _non_negative_int("data.num_workers", num_workers)
+        self.batch_size = checked.positive_int("data.batch_size", batch_size)
+        self.num_workers = checked.non_negative_int("data.num_workers", num_workers)
         self.country = Country.coerce(country)
         if grid is None and fitted is None:
             raise DataError("a data module needs a grid factory (the grid config) or a fit")
         self.grid_factory = grid
-        self.image_size = _positive_int("image.size", image_size)
+        self.image_size = checked.positive_int("image.size", image_size)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = int(seed)
         self.fitted = fitted
@@ -108,19 +113,27 @@ class GeoDataModule(L.LightningDataModule):
         self.report: ValidationReport | None = None
         self.splits: dict[str, pd.DataFrame] = {}
         self.datasets: dict[str, GeoguesserDataset] = {}
+        # The training order's sampler (TRAIN_ORDERS), once chosen: see _train_order.
+        self.train_order_kind: str | None = None
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Validate every row and file and build the image cache (rank 0, idempotent)."""
-        self._check_valid(self.validate())
+        """Validate every row and file, build the image cache and, for a new fit, store the
+        training split's image statistics beside it (rank 0, idempotent): the other ranks of a
+        distributed run read them in `setup` instead of each computing them again."""
+        valid = self._check_valid(self.validate())
+        if self.fitted is None:
+            self.splits = self.splits or self._split(valid)
+            self._image_stats(self.report, self.splits["train"])
 
     def setup(self, stage: str | None = None) -> None:
         """Splits, train-fitted targets/grid/statistics and datasets; idempotent."""
         if self.datasets:
             return
         report = self.validate()
-        self.splits = self._split(self._check_valid(report))
+        valid = self._check_valid(report)
+        self.splits = self.splits or self._split(valid)
         if self.fitted is None:
             self.fitted = self._fit(report, self.splits["train"])
         elif self.fitted.image_size != self.image_size:
@@ -130,7 +143,7 @@ class GeoDataModule(L.LightningDataModule):
             )
         self.datasets = {name: self._dataset(name, frame) for name, frame in self.splits.items()}
         if self.run_dir is not None and self._is_global_zero():
-            _write_once(self.run_dir / "fitted.json", self.fitted)
+            self.fitted.save_once(self.run_dir / "fitted.json")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -142,8 +155,21 @@ class GeoDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict:
-        """Saved by Lightning into checkpoints: what is needed to predict like this run."""
-        return {"fitted": self.fitted.to_dict()} if self.fitted is not None else {}
+        """Saved by Lightning into checkpoints: what is needed to predict like this run, and
+        the training order chosen (a resumed run keeps it whatever its memory)."""
+        state = {"fitted": self.fitted.to_dict()} if self.fitted is not None else {}
+        if self.train_order_kind is not None:
+            state["train_order"] = self.train_order_kind
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restored before the loaders are built (the fitted data came in as `fitted`)."""
+        kind = state_dict.get("train_order")
+        if kind is not None and kind not in TRAIN_ORDERS:
+            raise DataError(
+                f"the checkpoint's training order {kind!r} is not one of {', '.join(TRAIN_ORDERS)}"
+            )
+        self.train_order_kind = kind if kind is not None else self.train_order_kind
 
     # -- Validation ---------------------------------------------------------------------------
 
@@ -274,13 +300,26 @@ class GeoDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         return self._batches(dataset, LocationShuffle(len(dataset), shuffle=False))
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """A training batch's augmentation parameters, drawn on the host from its host indices
+        (after the transfer, reading them would wait for the device) and moved with it."""
+        if self._augmenting():
+            epoch, shape = self.trainer.current_epoch, batch["images"].shape
+            batch[AUGMENT_PARAMS] = self.augmenter.prepare(batch["index"], epoch, shape)
+        return batch
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Training batches augmented here, on the training device, as whole batches; each
         location's crop and jitter depend on (seed, epoch, location) alone."""
-        trainer = getattr(self, "trainer", None)
-        if self.augmenter is not None and trainer is not None and trainer.training:
-            batch["images"] = self.augmenter(batch["images"], batch["index"], trainer.current_epoch)
+        params = batch.pop(AUGMENT_PARAMS, None)
+        if self._augmenting():
+            epoch = self.trainer.current_epoch
+            batch["images"] = self.augmenter(batch["images"], batch["index"], epoch, params)
         return batch
+
+    def _augmenting(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return self.augmenter is not None and trainer is not None and trainer.training
 
     def _dataset(self, name: str, frame: pd.DataFrame) -> GeoguesserDataset:
         lat, lon = frame["latitude"].to_numpy(), frame["longitude"].to_numpy()
@@ -305,12 +344,25 @@ class GeoDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         trainer = getattr(self, "trainer", None)
         ranks = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
-        cache = dataset.cache
-        if shuffle and cache is not None and should_block_shuffle(cache.data_path.stat().st_size):
+        if shuffle and self._train_order(dataset) == "block":
             sampler = BlockShuffle(dataset.rows, self.seed, **ranks)
         else:
             sampler = LocationShuffle(len(dataset), self.seed, shuffle=shuffle, **ranks)
         return self._batches(dataset, sampler)
+
+    def _train_order(self, dataset: GeoguesserDataset) -> str:
+        """`block` (`BlockShuffle`) when the image cache does not fit in memory, else
+        `location`; chosen once per run by rank 0 and kept in checkpoints: the ranks' shares
+        partition one order only if all use the same sampler, whatever memory each finds free."""
+        if self.train_order_kind is None:
+            cache = dataset.cache
+            big = cache is not None and should_block_shuffle(cache.data_path.stat().st_size)
+            kind = "block" if big else "location"
+            strategy = getattr(getattr(self, "trainer", None), "strategy", None)
+            if strategy is not None:  # every rank asks for its loader: a collective is safe here
+                kind = strategy.broadcast(kind, src=0)
+            self.train_order_kind = kind
+        return self.train_order_kind
 
     def _batches(self, dataset: GeoguesserDataset, sampler) -> DataLoader:
         # From the cache, reading whole batches in this process is the fastest (no batch crosses
@@ -337,49 +389,3 @@ class FolderDataModule(GeoDataModule):
 
     def dataset_roots(self) -> list[Path]:
         return self.roots
-
-
-def _write_once(path: Path, fitted: FittedData) -> None:
-    """Write `fitted.json` atomically; an identical file is kept, a different one never
-    clobbered (a second data module in the same run directory must reproduce the first)."""
-    import json
-
-    text = json.dumps(fitted.to_dict(), indent=2) + "\n"
-    if path.exists() and path.read_text() == text:
-        return
-    write_text_atomic(path, text)
-
-
-# -- Setting checks ---------------------------------------------------------------------------
-
-
-def _choice(key: str, value, allowed) -> str:
-    if value not in allowed:
-        raise DataError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _fraction(value) -> float:
-    value = float(value)
-    if not (0 < value <= 1):
-        raise DataError(f"data.fraction={value} must be in (0, 1]")
-    return value
-
-
-def _non_negative(key: str, value) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise DataError(f"{key}={value} must be a non-negative number")
-    return value
-
-
-def _positive_int(key: str, value) -> int:
-    if int(value) != value or int(value) <= 0:
-        raise DataError(f"{key}={value!r} must be a positive integer")
-    return int(value)
-
-
-def _non_negative_int(key: str, value) -> int:
-    if int(value) != value or int(value) < 0:
-        raise DataError(f"{key}={value!r} must be a non-negative integer")
-    return int(value)

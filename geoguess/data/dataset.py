@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from geoguess.data.cache import ImageCache, decode_location
+from geoguess.data.cache import ImageCache
+from geoguess.data.decode import decode_location
 from geoguess.data.io import HEADINGS, image_paths
 from geoguess.data.sampler import BatchesOf
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from geoguess.data.targets import TargetSpace
 from geoguess.geo import Country, Geocells, grid_from_dict
-from geoguess.utils.io import json_default, write_json_atomic
+from geoguess.utils.io import json_default, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -54,6 +54,14 @@ class FittedData:
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_dict())
+
+    def save_once(self, path: Path) -> None:
+        """Write `fitted.json` atomically; an identical file is kept, a different one never
+        clobbered (a second data module in the same run directory must reproduce the first)."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path.exists() and path.read_text() == text:
+            return
+        write_text_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> FittedData:

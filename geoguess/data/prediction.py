@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from geoguess.data.cache import decode_location
+from geoguess.data.decode import decode_location
 from geoguess.data.io import CSV_NAME, IMAGES_DIR, DataError, as_roots, image_paths, is_plain_name
 
 log = logging.getLogger(__name__)
