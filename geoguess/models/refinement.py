@@ -83,31 +83,14 @@ def radius_scale(errors_km: np.ndarray, raw_radii_km: np.ndarray) -> np.ndarray:
 
 
 def extras_path(checkpoint) -> Path:
-    """Where a checkpoint's inference extras live: `best-epochNN.inference.npz` beside it."""
+    """Where a format-2 checkpoint kept its inference extras: `best-epochNN.inference.npz`
+    beside it (format 3 keeps them inside the checkpoint)."""
     return Path(checkpoint).with_suffix(".inference.npz")
 
 
-def save_extras(checkpoint, radius_scale_: np.ndarray, retrieval: Retrieval | None) -> None:
-    """The radii's calibration and the retrieval index, beside the checkpoint (plain arrays,
-    read back with allow_pickle=False)."""
-    from geoguess.utils.io import atomic_write
-
-    arrays = {"radius_scale": np.asarray(radius_scale_, dtype=np.float64)}
-    if retrieval is not None:
-        arrays.update(retrieval.to_arrays())
-        arrays["refine_settings"] = np.array(
-            [retrieval.k, retrieval.cells, retrieval.temperature], dtype=np.float64
-        )
-
-    def write(tmp):
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-    atomic_write(extras_path(checkpoint), write, overwrite=True)
-
-
 def load_extras(checkpoint) -> tuple[tuple[float, float] | None, Retrieval | None]:
-    """The calibration and retrieval index saved beside `checkpoint` (None when absent)."""
+    """The calibration and retrieval index a format-2 checkpoint kept beside itself (None when
+    absent)."""
     path = extras_path(checkpoint)
     if not path.is_file():
         return None, None
