@@ -1,5 +1,6 @@
-"""`python -m geoguess.bench bench.quick=true`: every key of the issue, every figure a positive,
-finite number (never a speed: these machines are shared)."""
+"""`python -m geoguess.bench bench.quick=true`: every key of the issue and the machine block,
+every figure a positive, finite number (never a speed: these machines are shared); the section
+registry."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import pytest
 import timm
 import torch
 import torchvision
+from omegaconf import OmegaConf
 
-from geoguess.bench import cold, data, machine, report, timing
+from geoguess.bench import cold, data, machine, report, sections, timing
+from geoguess.bench.config import BenchSettings
 from geoguess.bench.sections import SECTIONS
 from tests.cli import command_env, run_module
 from tests.conftest import REPO_ROOT
@@ -201,9 +204,6 @@ def test_machine_block_follows_the_thread_environment(tmp_path):
 
 
 def test_a_section_is_one_registry_entry(tmp_path, monkeypatch):
-    from geoguess.bench import sections
-    from geoguess.bench.config import BenchSettings
-
     seen = []
 
     def serve(cfg) -> dict:
@@ -221,8 +221,6 @@ def test_a_section_is_one_registry_entry(tmp_path, monkeypatch):
 
 
 def test_every_configured_section_is_registered():
-    from omegaconf import OmegaConf
-
     configured = OmegaConf.load(REPO_ROOT / "conf" / "bench.yaml").bench.sections
     assert list(configured) and set(configured) == set(SECTIONS)
     for name, run in SECTIONS.items():
