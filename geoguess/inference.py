@@ -1,4 +1,5 @@
-"""Predicting with a trained checkpoint: every location folder of a dataset, in one process."""
+"""Predicting with a trained checkpoint: every location folder of a dataset, in one process,
+through the run's `Predictor`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
+from geoguess import metrics
 from geoguess.data.io import DataError
+from geoguess.data.prediction import prediction_frame, prediction_loader
 from geoguess.errors import GeoguessError
+from geoguess.predictor import Predictor
 
 MAX_LISTED = 50
 
@@ -44,72 +50,44 @@ def predict(
     num_workers: int = 0,
     device: str = "auto",
     progress: bool = True,
-    tta: str = "none",
-    refine: str = "none",
+    tta: str | None = None,
+    refine: str | None = None,
 ) -> tuple[pd.DataFrame, list]:
     """Predictions for every location folder of `root` (`uuid, latitude, longitude,
-    true_latitude, true_longitude, error_km`, NaN without coordinates in data.csv), and the
-    locations that could not be read (`Failure`s naming file and reason)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from geoguess import metrics
-    from geoguess.data.prediction import prediction_frame, prediction_loader
-    from geoguess.models.checkpoint import load_for_inference
-
-    device = _device(device)
-    model, fitted = load_for_inference(checkpoint, device)
-    configure(model, checkpoint, tta, refine)
+    radius50_km, radius90_km, snapped, true_latitude, true_longitude, error_km`; NaN radii
+    without a calibration, NaN truth without coordinates in data.csv), and the locations that
+    could not be read (`Failure`s naming file and reason). `tta` / `refine`: None keeps what
+    the run was tested with."""
+    predictor = Predictor.from_checkpoint(checkpoint, _device(device), tta=tta, refine=refine)
     frame, failures = prediction_frame(root)
-    loader = prediction_loader(frame, fitted.image_size, batch_size, num_workers)
-    uuids, lats, lons, true, radii = [], [], [], [], []
+    loader = prediction_loader(frame, predictor.image_size, batch_size, num_workers)
+    uuids, answers, true = [], [], []
     bar = tqdm(loader, desc="predicting", unit="batch", disable=None if progress else True)
     with torch.inference_mode():
         for batch in bar:
             failures += batch["failures"]
             if not batch["uuid"]:
                 continue
-            guess = model.guess(batch["images"].to(device))
-            lat, lon, _ = model.head.decode(guess["xy"].cpu().numpy())
             uuids += batch["uuid"]
-            lats.append(lat)
-            lons.append(lon)
+            answers.append(predictor.predict(batch["images"]))
             true.append(batch["latlon"])
-            radii.append(torch.stack([guess["radius50"], guess["radius90"]], -1).cpu().numpy())
     if not uuids:
         raise DataError(f"no location of {root} could be read")
     true = np.concatenate(true)
-    lat, lon = np.concatenate(lats), np.concatenate(lons)
-    predictions = pd.DataFrame({"uuid": uuids, "latitude": lat, "longitude": lon})
-    if model.radius_scale is not None:
-        radii = np.concatenate(radii)
-        predictions["radius50_km"], predictions["radius90_km"] = radii[:, 0], radii[:, 1]
+    columns = ("latitude", "longitude", "radius50_km", "radius90_km", "snapped")
+    predictions = pd.DataFrame({"uuid": uuids})
+    for column in columns:
+        predictions[column] = np.concatenate([a[column] for a in answers])
     predictions["true_latitude"], predictions["true_longitude"] = true[:, 0], true[:, 1]
     known = np.isfinite(true).all(axis=1)
     predictions["error_km"] = np.nan
     if known.any():
+        lat, lon = predictions["latitude"].to_numpy(), predictions["longitude"].to_numpy()
         scored = metrics.prediction_frame(
             np.asarray(uuids)[known], lat[known], lon[known], true[known, 0], true[known, 1]
         )
         predictions.loc[known, "error_km"] = scored["error_km"].to_numpy()
     return predictions, sorted(failures, key=lambda f: (f.uuid, f.file))
-
-
-def configure(model, checkpoint, tta: str, refine: str) -> None:
-    """Test-time augmentation, retrieval refinement and calibrated radii for prediction."""
-    from geoguess.models.refinement import REFINE, TTA, load_extras
-
-    if tta not in TTA or refine not in REFINE:
-        raise GeoguessError(
-            f"tta={tta!r} / refine={refine!r}: choose from {', '.join(TTA)} / {', '.join(REFINE)}"
-        )
-    model.radius_scale, model.retrieval = load_extras(checkpoint)
-    if refine == "knn" and model.retrieval is None:
-        raise GeoguessError(
-            f"refine=knn needs the training split's embeddings, kept beside the checkpoint by "
-            f"a run trained with model.refine=knn; {checkpoint} has none"
-        )
-    model.tta, model.refine = tta, refine
 
 
 def failure_message(failures: list, total: int) -> str:
@@ -136,8 +114,6 @@ def failure_frame(failures: list) -> pd.DataFrame:
 
 
 def _device(name: str) -> str:
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name

@@ -53,7 +53,10 @@ def run(cfg: DictConfig) -> Path:
     if failures and cfg.on_invalid == "error":
         raise DataError(failure_message(failures, len(frame) + len({f.uuid for f in failures})))
     columns = ["uuid", "latitude", "longitude"]
-    columns += [c for c in ("radius50_km", "radius90_km") if c in frame]
+    if frame["radius50_km"].notna().all():
+        columns += ["radius50_km", "radius90_km"]
+    else:
+        print(f"{cfg.checkpoint} holds no calibration of the radii: no radius columns written")
     write_csv_atomic(output, frame[columns], overwrite=cfg.overwrite)
     print(f"wrote {len(frame)} predictions to {output}")
     if failures:

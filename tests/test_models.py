@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,15 @@ import pytest
 import torch
 
 from geoguess import metrics
+from geoguess.builders import build_module as build_model
+from geoguess.builders import build_trainer
 from geoguess.errors import GeoguessError
 from geoguess.geo import Country, build_grid, haversine_km
 from geoguess.models import backbones, fusion, heads, unfreeze
-from geoguess.models.module import GeoguessModule, NonFiniteLossError, build_from_spec
-from geoguess.train import build_model, build_trainer
+from geoguess.models.module import GeoguessModule, NonFiniteLossError
+from geoguess.models.network import GeoNetwork, input_stats
+from geoguess.models.spec import BackboneSpec, HeadSpec, InferenceSpec, NetworkSpec, SpecError
+from geoguess.predictor import InferenceExtras, Predictor
 from tests.train_helpers import CONF, composed
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -418,8 +421,11 @@ def test_regression_clamps_predictions_but_not_the_loss(fitted):
 
 @pytest.mark.parametrize("kind", ["classification", "regression"])
 def test_heads_decode_within_50_metres_of_float32_under_bf16_autocast(kind, fitted):
+    spec = dataclasses_replace(CLASSIFICATION, snap_to_land=False)
+    if kind == "regression":
+        spec = HeadSpec(kind, False, None, None, None, None)
     head = heads.build_head(
-        {"kind": kind, "snap_to_land": False},
+        spec,
         64,
         grid=fitted.grid,
         targets=fitted.targets,
@@ -467,13 +473,47 @@ def test_predictions_off_land_snap_to_the_nearest_point_of_the_country(fitted, c
 # -- module -------------------------------------------------------------------------------------
 
 
-def _module(fitted, **kwargs) -> GeoguessModule:
-    return GeoguessModule(
-        backbone=backbones.create_backbone("tiny"),
-        head=partial(heads.ClassificationHead),
-        fitted=fitted,
-        **kwargs,
+CLASSIFICATION = HeadSpec(
+    kind="classification",
+    snap_to_land=True,
+    points="clipped",
+    smoothing_km=None,
+    decode="weighted",
+    offset_weight=None,
+)
+
+
+def _network(
+    fitted, backbone=None, pretrained: bool = False, normalize: str = "auto", **changes
+) -> GeoNetwork:
+    """A network as `build_module` makes one, with the spec's fields in `changes`."""
+    import dataclasses
+
+    backbone = backbone if backbone is not None else backbones.create_backbone("tiny")
+    mean, std = input_stats(backbone, fitted, normalize, pretrained)
+    spec = NetworkSpec(
+        backbone=BackboneSpec(backbones.backbone_name(backbone), backbones.global_pool(backbone)),
+        fusion="concat",
+        dropout=0.0,
+        hidden=0,
+        head=CLASSIFICATION,
+        input_mean=mean,
+        input_std=std,
+        frozen_precision="32",
+        channels_last=None,
     )
+    return GeoNetwork(backbone, dataclasses.replace(spec, **changes), fitted)
+
+
+def _module(fitted, tta: str = "none", **changes) -> GeoguessModule:
+    inference = dataclasses_replace(InferenceSpec.plain(), tta=tta)
+    return GeoguessModule(_network(fitted, **changes), inference=inference)
+
+
+def dataclasses_replace(spec, **changes):
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
 
 
 def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
@@ -487,14 +527,14 @@ def test_module_normalises_uint8_views_with_fitted_statistics(fitted):
     assert x.shape == (8, 3, 8, 8)  # the four views of each location through one backbone
     expected = (1.0 - torch.tensor(fitted.image_mean)) / torch.tensor(fitted.image_std)
     assert torch.allclose(x[0, :, 0, 0], expected)
-    pretrained = _module(fitted, pretrained=True)
+    pretrained = _network(fitted, pretrained=True)
     imagenet = (torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225)))
     assert torch.allclose(pretrained.input_mean.flatten(), imagenet[0])
     assert torch.allclose(pretrained.input_std.flatten(), imagenet[1])
-    forced = _module(fitted, pretrained=True, normalize="dataset")
+    forced = _network(fitted, pretrained=True, normalize="dataset")
     assert torch.allclose(forced.input_mean.flatten(), torch.tensor(fitted.image_mean))
     with pytest.raises(GeoguessError, match="model.normalize"):
-        _module(fitted, normalize="imagenet")
+        _network(fitted, normalize="imagenet")
 
 
 def test_inference_runs_the_backbone_in_bounded_chunks_with_the_same_features(fitted):
@@ -504,7 +544,7 @@ def test_inference_runs_the_backbone_in_bounded_chunks_with_the_same_features(fi
 
     block = 4 * BATCH_LOCATIONS  # views per pass
 
-    module = _module(fitted)
+    module = _network(fitted)
     passes = []
     module.backbone.register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
     images = torch.randint(0, 256, (40, 4, 3, 16, 16), dtype=torch.uint8)
@@ -531,8 +571,8 @@ def test_frozen_precision_bf16_runs_only_the_passes_no_gradient_flows_through(fi
     in bf16 autocast (float32 features, close to the float32 ones); a pass whose gradients
     train the backbone stays in float32."""
     torch.manual_seed(0)
-    full = _module(fitted).eval()
-    half = _module(fitted, frozen_precision="bf16").eval()
+    full = _network(fitted).eval()
+    half = _network(fitted, frozen_precision="bf16").eval()
     half.load_state_dict(full.state_dict())
     images = batch_of(fitted, 8)["images"]
     with torch.no_grad():
@@ -544,7 +584,7 @@ def test_frozen_precision_bf16_runs_only_the_passes_no_gradient_flows_through(fi
     half.backbone.requires_grad_(False)
     assert torch.equal(half.encode_views(images), fast)  # frozen: no gradient flows through
     with pytest.raises(GeoguessError, match="model.frozen_precision='16'"):
-        _module(fitted, frozen_precision="16")
+        _network(fitted, frozen_precision="16")
 
 
 def test_training_step_and_nan_loss(fitted):
@@ -565,62 +605,89 @@ def test_training_step_and_nan_loss(fitted):
         module.on_validation_epoch_start()  # nor validate (it runs before the epoch's end)
 
 
-def test_checkpoint_extras_are_plain_data_that_rebuild_the_module(fitted):
+def test_checkpoint_extras_are_plain_data_that_rebuild_the_network(fitted):
     import json
 
-    module = GeoguessModule(
-        backbone=backbones.create_backbone("tiny", global_pool="catavgmax"),
-        head=partial(heads.ClassificationHead),
-        fitted=fitted,
-        config={"backbone": {"name": "tiny"}},
-        fusion="attention",
-        hidden=24,
-        dropout=0.3,
-    ).eval()
+    backbone = backbones.create_backbone("tiny", global_pool="catavgmax")
+    network = _network(fitted, backbone=backbone, fusion="attention", hidden=24, dropout=0.3)
+    module = GeoguessModule(network, config={"backbone": {"name": "tiny"}}).eval()
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     extra = checkpoint["geoguess"]
+    assert extra["version"] == 3
     assert extra["spec"]["backbone"] == {"name": "test_efficientnet", "global_pool": "catavgmax"}
     assert (extra["spec"]["hidden"], extra["spec"]["dropout"]) == (24, 0.3)
     assert extra["spec"]["head"]["kind"] == "classification"
+    assert extra["inference"] == InferenceSpec.plain().to_dict()
     assert json.loads(json.dumps(extra)) == extra
     from geoguess.data import FittedData
 
-    rebuilt = build_from_spec(extra["spec"], FittedData.from_dict(extra["fitted"])).eval()
-    rebuilt.load_state_dict(module.state_dict())  # strict: the same layers, the same shapes
+    spec = NetworkSpec.from_dict(extra["spec"])
+    assert spec == network.spec  # the description read back through the same types
+    rebuilt = GeoNetwork.from_spec(spec, FittedData.from_dict(extra["fitted"])).eval()
+    rebuilt.load_state_dict(network.state_dict())  # strict: the same layers, the same shapes
     images = batch_of(fitted, 3)["images"]
     assert torch.allclose(rebuilt(images), module(images))
-    assert rebuilt.spec() == module.spec()
 
 
-def test_a_checkpoint_from_before_pooling_and_hidden_options_rebuilds_as_it_was(fitted):
-    """Specs written before `global_pool`, `hidden` and `frozen_precision` existed: average
-    pooling, no hidden layer, float32, so their weights load and run as they did."""
-    module = _module(fitted, dropout=0.1).eval()
-    spec = module.spec()
-    assert spec["backbone"]["global_pool"] == "avg" and spec["hidden"] == 0
-    old = {**spec, "backbone": {"name": spec["backbone"]["name"]}}
-    del old["hidden"], old["frozen_precision"], old["channels_last"]
-    rebuilt = build_from_spec(old, fitted).eval()
-    rebuilt.load_state_dict(module.state_dict())
-    assert rebuilt.spec() == spec and spec["frozen_precision"] == "32"
-    half = build_from_spec({**spec, "frozen_precision": "bf16"}, fitted)
-    assert half.frozen_precision == "bf16"
-    with pytest.raises(GeoguessError, match="frozen precision 'fp8'"):
-        build_from_spec({**spec, "frozen_precision": "fp8"}, fitted)
-    with pytest.raises(GeoguessError, match="pooling 'gem'"):
-        build_from_spec({**spec, "backbone": {**spec["backbone"], "global_pool": "gem"}}, fitted)
-    with pytest.raises(GeoguessError, match="hidden width"):
-        build_from_spec({**spec, "hidden": "1024"}, fitted)
-    # Resuming such a checkpoint compares it as it ran, not its missing keys.
+def test_a_checkpoint_description_is_read_through_the_configs_types(fitted):
+    """What a config could not give is refused in a checkpoint too, naming the setting."""
+    spec = _network(fitted).spec.to_dict()
+    bad = {
+        "frozen_precision": ("fp8", "model.frozen_precision='fp8'"),
+        "hidden": ("1024", "model.hidden='1024' is not a int"),
+        "channels_last": ("yes", "model.channels_last='yes'"),
+        "fusion": ("sum", "model.fusion='sum'"),
+        "unknown": (1, "unknown NetworkSpec settings: unknown"),
+    }
+    for key, (value, message) in bad.items():
+        with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+            NetworkSpec.from_dict({**spec, key: value})
+    with pytest.raises(SpecError, match="global_pool='gem'"):
+        NetworkSpec.from_dict({**spec, "backbone": {**spec["backbone"], "global_pool": "gem"}})
+    with pytest.raises(SpecError, match="hub models"):
+        NetworkSpec.from_dict({**spec, "backbone": {**spec["backbone"], "name": "hf-hub:x/y"}})
+    with pytest.raises(SpecError, match="head.decode='best'"):
+        NetworkSpec.from_dict({**spec, "head": {**spec["head"], "decode": "best"}})
+    half = NetworkSpec.from_dict({**spec, "frozen_precision": "bf16", "channels_last": True})
+    assert half.frozen_precision == "bf16" and half.channels_last is True
+
+
+def test_a_format_2_checkpoint_migrates_and_rebuilds_as_it_ran(fitted):
+    """Format 2 (stop 22 and before): partial specs whose missing keys mean what ran before the
+    option existed (average pooling, no hidden layer, float32), weights without the `network.`
+    prefix, no test settings; they load and run as they did, and resume compares them so."""
     from geoguess.models.checkpoint import CheckpointError, check_architecture
+    from geoguess.models.spec import migrate
 
-    check_architecture({"geoguess": {"spec": old}}, spec)
+    network = _network(fitted, dropout=0.1).eval()
+    spec = network.spec.to_dict()
+    old_spec = {
+        "backbone": {"name": spec["backbone"]["name"]},
+        "fusion": "concat",
+        "dropout": 0.1,
+        "head": {
+            "kind": "classification",
+            "snap_to_land": True,
+            "points": "clipped",
+            "smoothing_km": None,
+            "decode": "weighted",
+        },
+        "input_mean": list(spec["input_mean"]),
+        "input_std": list(spec["input_std"]),
+    }
+    weights = {k: v.clone() for k, v in network.state_dict().items()}
+    state = dict(weights)
+    migrated = migrate({"version": 2, "spec": old_spec, "fitted": {}}, state)
+    assert migrated["version"] == 3 and set(state) == {f"network.{k}" for k in weights}
+    assert NetworkSpec.from_dict(migrated["spec"]) == network.spec
+    assert migrated["inference"] == InferenceSpec.plain().to_dict()
+    check_architecture({"geoguess": migrated, "state_dict": state}, network.spec)
+    wider = _network(fitted, dropout=0.1, hidden=24).spec
     with pytest.raises(CheckpointError, match="hidden: 0 in the checkpoint, 24 now"):
-        check_architecture({"geoguess": {"spec": old}}, {**spec, "hidden": 24})
-    assert build_from_spec({**spec, "channels_last": True}, fitted).uses_channels_last()
-    with pytest.raises(GeoguessError, match="channels_last"):
-        build_from_spec({**spec, "channels_last": "yes"}, fitted)
+        check_architecture({"geoguess": migrated, "state_dict": state}, wider)
+    with pytest.raises(SpecError, match="checkpoint format 1 is not one"):
+        migrate({"version": 1, "spec": old_spec})
 
 
 @pytest.mark.parametrize("pool, width", [("avg", 256), ("max", 256), ("catavgmax", 512)])
@@ -851,13 +918,12 @@ def test_confidence_radius_holds_the_mass_and_calibrates_to_its_quantile(fitted)
 def test_the_calibrated_90_percent_circle_never_falls_inside_the_50_percent_one(fitted):
     """Each quantile's scale comes from its own validation ratios; a small or odd validation
     split can make the 50 % factor the larger, which must not put r90 inside r50."""
-    module = _module(fitted).eval()
+    predictor = Predictor(_network(fitted).eval(), extras=InferenceExtras((1.0, 1.0)))
     batch = batch_of(fitted)
-    module.radius_scale = (1.0, 1.0)
-    plain = module.guess(batch["images"])
+    plain = predictor.guess(batch["images"])
     assert (plain["radius90"] >= plain["radius50"]).all()
-    module.radius_scale = (50.0, 0.01)  # r50 scaled far past r90
-    odd = module.guess(batch["images"])
+    predictor.extras.radius_scale = (50.0, 0.01)  # r50 scaled far past r90
+    odd = predictor.guess(batch["images"])
     assert torch.equal(odd["radius50"], plain["radius50"] * 50.0)
     assert torch.equal(odd["radius90"], odd["radius50"])
 
@@ -865,7 +931,7 @@ def test_the_calibrated_90_percent_circle_never_falls_inside_the_50_percent_one(
 def test_mirror_tta_applies_at_test_not_in_the_epochs_validation(fitted, monkeypatch):
     """The mirrored pass costs a second backbone pass: validation (checkpoint choice) skips it,
     the test and the calibration pass (`guess` called directly) use it."""
-    import geoguess.models.module as module_mod
+    import geoguess.predictor as module_mod
 
     module = _module(fitted, tta="mirror").eval()
     module.log = lambda *a, **k: None  # no Trainer attached
@@ -881,8 +947,8 @@ def test_mirror_tta_applies_at_test_not_in_the_epochs_validation(fitted, monkeyp
         assert mirrored == []
         module.test_step(batch, 0)
         assert mirrored == [1]
-        plain = module.guess(batch["images"], tta=False)["xy"]
-        both = module.guess(batch["images"])["xy"]
+        plain = module.predictor.guess(batch["images"], tta=False)["xy"]
+        both = module.predictor.guess(batch["images"])["xy"]
     assert len(mirrored) == 2
     flipped = module.head.to_projected(module(real_mirror(batch["images"])))
     torch.testing.assert_close(both, (plain + flipped) / 2)
@@ -893,12 +959,10 @@ def test_any_timm_backbone_fits_the_fusion_whatever_follows_its_pooling(name, fi
     """LCNet and MobileNetV3 end in a hidden layer after the pooling (1,280 features, not
     `num_features`): the fusion must be built for what the backbone really returns."""
     backbone = backbones.create_backbone(name)
-    module = GeoguessModule(
-        backbone=backbone, head=partial(heads.ClassificationHead), fitted=fitted
-    )
+    module = GeoguessModule(_network(fitted, backbone=backbone))
     width = backbone.eval()(torch.zeros(2, 3, 32, 32)).shape[-1]
     assert backbones.feature_size(backbone) == width
-    assert module.fusion.out_features == 4 * width
+    assert module.network.fusion.out_features == 4 * width
     scores = module.eval()(torch.zeros((2, 4, 3, 32, 32), dtype=torch.uint8))
     assert scores.shape[0] == 2
 

@@ -16,7 +16,7 @@ import torch
 from geoguess import inference
 from geoguess.errors import GeoguessError
 from geoguess.inference import predict
-from geoguess.models.checkpoint import CheckpointError, load_for_inference
+from geoguess.models.checkpoint import CheckpointError, load_network
 from geoguess.predict import run
 from tests.data_helpers import truncate
 from tests.train_helpers import FAST, composed, dataset, folder_data, run_cli, run_training
@@ -68,6 +68,47 @@ def test_predictions_reproduce_the_test_predictions_of_training(trained, data_ro
     assert np.allclose(merged["error_km"], merged["error_km_train"], atol=1e-2)
 
 
+def test_train_and_predict_give_bit_identical_test_predictions_with_tta_and_refinement(
+    data_root, tmp_path
+):
+    """The training run's test and `geoguess.predict` go through the one predictor: on the same
+    checkpoint the test split's guesses and radii are the same bits, with mirror TTA and
+    retrieval refinement on (predict takes both from the checkpoint: the run was tested so).
+
+    The backbone's CPU kernels round a location's features a little differently in batches of
+    other sizes or neighbours, so predict reads the test split alone, in the test's order and
+    batch size, and training computes the features live (no feature cache)."""
+    overrides = [*FAST, *folder_data(data_root), "trainer.limit_test_batches=null"]
+    overrides += ["tta=mirror", "model.refine=knn", "trainer.max_epochs=2"]
+    overrides += ["data.split_by=hash", "model.feature_cache=false"]
+    results = run_training(overrides, tmp_path / "run")
+    tested = pd.read_csv(tmp_path / "run" / "predictions_test.csv")
+    assert len(tested) >= 8
+    test_root = tmp_path / "test-split"
+    rows = pd.read_csv(data_root / "data.csv", index_col=0).set_index("uuid")
+    rows.loc[tested["uuid"]].reset_index().to_csv(test_root.mkdir() or test_root / "data.csv")
+    for uuid in tested["uuid"]:
+        shutil.copytree(data_root / "images" / uuid, test_root / "images" / uuid)
+    output = tmp_path / "predicted.csv"
+    predict_with(tmp_path, results["best_checkpoint"], test_root, output, "data.batch_size=8")
+    predicted = pd.read_csv(output)
+    assert predicted["uuid"].tolist() == tested["uuid"].tolist()
+    for column in ("latitude", "longitude", "radius50_km", "radius90_km"):
+        assert np.array_equal(predicted[column], tested[column]), column
+
+    # Both settings were applied: without refinement the guesses move, and without TTA too.
+    def latitudes(*changed: str) -> np.ndarray:
+        out = tmp_path / f"other-{len(changed)}.csv"
+        args = ("data.batch_size=8", *changed)
+        return pd.read_csv(
+            predict_with(tmp_path, results["best_checkpoint"], test_root, out, *args)
+        )["latitude"].to_numpy()
+
+    unrefined = latitudes("refine=none")
+    assert not np.array_equal(unrefined, tested["latitude"])
+    assert not np.array_equal(latitudes("refine=none", "tta=none"), unrefined)
+
+
 def test_a_frozen_bf16_channels_last_model_predicts_as_it_tested(data_root, tmp_path):
     """The checkpoint records model.frozen_precision and model.channels_last: both change the
     backbone's numbers, so predict runs the passes as the test did."""
@@ -82,8 +123,8 @@ def test_a_frozen_bf16_channels_last_model_predicts_as_it_tested(data_root, tmp_
     assert np.allclose(merged["longitude"], merged["longitude_train"], atol=1e-5)
     # On a model this small both layouts round alike; on Lite0 at 224 px they move guesses by
     # up to 2 km, so the settings themselves must come back.
-    model, _ = load_for_inference(results["best_checkpoint"])
-    assert model.frozen_precision == "bf16" and model.uses_channels_last()
+    network, _ = load_network(results["best_checkpoint"])
+    assert network.spec.frozen_precision == "bf16" and network.uses_channels_last()
 
 
 def test_cli_writes_coordinates_and_radii_and_prints_the_error(trained, data_root, tmp_path):

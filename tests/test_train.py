@@ -118,9 +118,10 @@ def test_options_pairwise_train_for_real(
     assert (frame["radius90_km"] >= frame["radius50_km"]).all() and (frame["radius50_km"] > 0).all()
     inside = frame["error_km"] <= frame["radius90_km"]
     assert results["test_coverage90"] == pytest.approx(inside.mean())
-    extras = np.load(Path(results["best_checkpoint"]).with_suffix(".inference.npz"))
-    assert extras["radius_scale"].shape == (2,)
-    assert ("embeddings" in extras) == ("model.refine=knn" in extra)
+    best = torch.load(results["best_checkpoint"], weights_only=True)["geoguess"]
+    assert len(best["extras"]["radius_scale"]) == 2  # the calibration travels in the checkpoint
+    assert ("retrieval" in best["extras"]) == ("model.refine=knn" in extra)
+    assert best["inference"]["refine"] == ("knn" if "model.refine=knn" in extra else "none")
     if scheduler == "none":
         assert checkpoint["lr_schedulers"] == []
     else:  # stepped every epoch, or every batch (2 per epoch here) for onecycle
@@ -154,7 +155,7 @@ def _fit_with_probe(cfg, run_dir: Path, epochs: int) -> tuple[list[dict], dict, 
     from hydra.utils import instantiate
 
     from geoguess.models.backbones import stage_parameters
-    from geoguess.train import build_model
+    from geoguess.builders import build_module as build_model
 
     L.seed_everything(0)
     dm = instantiate(cfg.data, _partial_=True)(
@@ -238,7 +239,7 @@ def test_every_experiment_runs_a_short_training(experiment, data_root, tmp_path)
         if experiment == "original":
             assert cfg.grid.spacing == 0.21 and cfg.data.batch_size == 8
         if experiment.startswith("best_cpu"):
-            assert cfg.head._target_.endswith("HybridHead") and cfg.tta == "mirror"
+            assert cfg.head.kind == "hybrid" and cfg.tta == "mirror"
             assert cfg.grid.spacing == 0.8 and cfg.backbone.name == "efficientnet_lite0"
             assert cfg.model.hidden == 1024 and cfg.head.decode == "median"
         if experiment == "best_cpu":
@@ -612,16 +613,16 @@ def test_piped_output_has_a_line_per_epoch_and_little_else(data_root, tmp_path):
 def test_a_frozen_backbone_computes_its_features_once(data_root, tmp_path, monkeypatch):
     """unfreeze=frozen without augmentation: the backbone runs once per location (to fill the
     feature cache), never in the epochs; the results equal a run without the cache."""
-    from geoguess.models.module import GeoguessModule
+    from geoguess.models.network import GeoNetwork
 
     calls = []
-    encode = GeoguessModule.encode_views
+    encode = GeoNetwork.encode_views
 
     def counting(self, images):
         calls.append(len(images))
         return encode(self, images)
 
-    monkeypatch.setattr(GeoguessModule, "encode_views", counting)
+    monkeypatch.setattr(GeoNetwork, "encode_views", counting)
     # A seed of its own: other tests' frozen runs (seed 42) cached their backbone's features.
     base = [*FAST, *folder_data(data_root), "data.split_by=hash", "unfreeze=frozen", "seed=7"]
     base += ["trainer.max_epochs=3", "trainer.limit_test_batches=null"]

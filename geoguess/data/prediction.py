@@ -61,7 +61,8 @@ def collate(items: list[dict]) -> dict:
 
 def prediction_frame(root) -> tuple[pd.DataFrame, list[Failure]]:
     """One row per `images/<name>` folder with all four views present, coordinates from
-    data.csv when it has the uuid; and a failure for each folder that lacks a view."""
+    data.csv when it has the uuid; and a failure for each folder that lacks a view. The rows
+    follow data.csv's order (a submission's), then the folders it does not list, by name."""
     roots = as_roots(root)
     if len(roots) != 1:
         raise DataError("prediction reads one dataset folder at a time")
@@ -71,7 +72,9 @@ def prediction_frame(root) -> tuple[pd.DataFrame, list[Failure]]:
         raise DataError(
             f"{folder} does not exist; prediction reads images/<uuid>/{{0,90,180,270}}.jpg"
         )
-    names = sorted(e.name for e in folder.iterdir() if e.is_dir() and is_plain_name(e.name))
+    names = _in_csv_order(
+        root, sorted(e.name for e in folder.iterdir() if e.is_dir() and is_plain_name(e.name))
+    )
     failures = []
     for name in names:
         for path in image_paths(root, name):
@@ -95,6 +98,20 @@ def prediction_loader(frame: pd.DataFrame, image_size: int, batch_size: int, num
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def _in_csv_order(root: Path, names: list[str]) -> list[str]:
+    path = root / CSV_NAME
+    if not path.is_file():
+        return names
+    try:
+        listed = pd.read_csv(path, usecols=["uuid"], dtype={"uuid": str})["uuid"].tolist()
+    except (ValueError, pd.errors.ParserError):  # no uuid column: validate says why
+        return names
+    present = set(names)
+    ordered = list(dict.fromkeys(u for u in listed if u in present))
+    seen = set(ordered)
+    return ordered + [n for n in names if n not in seen]
 
 
 def _csv_coordinates(root: Path) -> dict:

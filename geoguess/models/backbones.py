@@ -101,6 +101,15 @@ def feature_size(backbone: nn.Module) -> int:
     return int(backbone.num_features) * _pool_multiplier(backbone)
 
 
+def backbone_name(backbone: nn.Module) -> str:
+    """The timm architecture of a backbone built by `create_backbone`."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise GeoguessError(f"{type(backbone).__name__} is not a timm model")
+    return str(name)
+
+
 def global_pool(backbone: nn.Module) -> str:
     """The global pooling of a backbone built by `create_backbone`."""
     pool = getattr(backbone, "global_pool", None)

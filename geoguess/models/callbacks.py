@@ -122,7 +122,9 @@ class EpochSeed(Callback):
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+            # A run resumed with fewer visible devices restores those it has.
+            for device, state in enumerate(state_dict["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, device)
 
 
 class EpochLog(Callback):

@@ -2,7 +2,7 @@
 
 A checkpoint is read with `torch.load(weights_only=True)` (tensors and plain containers only)
 and its model is rebuilt from plain values through the suite's registries
-(`module.build_from_spec`), never by instantiating a `_target_` stored in it: a crafted
+(`load_network`), never by instantiating a `_target_` stored in it: a crafted
 checkpoint cannot make prediction or a resumed run call a function of its author's choosing.
 """
 
@@ -10,9 +10,25 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from geoguess.data.fitted import FittedData
 from geoguess.errors import GeoguessError
+from geoguess.models.network import GeoNetwork
+from geoguess.models.refinement import load_extras
+from geoguess.models.schedulers import spans_the_run
+from geoguess.models.spec import (
+    CHECKPOINT_KEY,
+    InferenceSpec,
+    NetworkSpec,
+    SpecError,
+    migrate,
+)
+from geoguess.utils.io import atomic_write
 
 # Settings that decide what is fitted on the training split (classes, normalisation, image
 # statistics): a checkpoint's fit is only reused under the same settings.
@@ -32,7 +48,6 @@ FIT_KEYS = (
 # position, the unfreeze schedule) comes from the checkpoint, so a changed value here would be
 # silently ignored; and a schedule laid out over trainer.max_epochs cannot be stretched.
 TRAINING_KEYS = ("optimizer", "scheduler", "unfreeze")
-SCHEDULES_OVER_THE_RUN = ("onecycle", "cosine")
 
 
 class CheckpointError(GeoguessError):
@@ -48,11 +63,8 @@ def existing_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's contents (tensors and plain data only), or one clear error."""
-    import torch
-
-    from geoguess.models.module import CHECKPOINT_KEY, CHECKPOINT_VERSION
-
+    """The checkpoint's contents (tensors and plain data only) brought to today's format, or
+    one clear error."""
     path = existing_checkpoint(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
@@ -70,14 +82,48 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception:  # noqa: BLE001 - truncated zip, random bytes, text: all unreadable
         raise CheckpointError(_unreadable(path)) from None
     extras = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if not isinstance(extras, dict) or "state_dict" not in checkpoint:
+    if not isinstance(extras, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a checkpoint written by geoguess.train")
-    if extras.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by another version of geoguess (checkpoint format "
-            f"{extras.get('version')!r}, this one reads {CHECKPOINT_VERSION}); train it again"
-        )
+    if extras.get("version") == 2:  # format 2 kept its extras in a file beside it
+        scale, retrieval = load_extras(path)
+        if scale is not None:
+            extras["extras"] = {"radius_scale": list(scale)}
+            if retrieval is not None:
+                extras["extras"]["retrieval"] = {
+                    "embeddings": retrieval.embeddings,
+                    "xy": retrieval.xy,
+                    "classes": retrieval.classes,
+                }
+    try:
+        checkpoint[CHECKPOINT_KEY] = migrate(extras, checkpoint["state_dict"])
+    except SpecError as exc:
+        raise CheckpointError(f"{path}: {exc}; train it again") from None
     return checkpoint
+
+
+@dataclass
+class StoredRun:
+    """A checkpoint's own description of its run, validated."""
+
+    spec: NetworkSpec
+    inference: InferenceSpec
+    fitted: FittedData
+    extras: dict | None
+    config: dict
+
+
+def stored_run(checkpoint: dict, path: str | Path = "the checkpoint") -> StoredRun:
+    entry = checkpoint[CHECKPOINT_KEY]
+    try:
+        return StoredRun(
+            spec=NetworkSpec.from_dict(entry.get("spec")),
+            inference=InferenceSpec.from_dict(entry.get("inference")),
+            fitted=fitted_of(checkpoint),
+            extras=entry.get("extras"),
+            config=entry.get("config") or {},
+        )
+    except SpecError as exc:
+        raise CheckpointError(f"{path}: the model it describes is refused: {exc}") from None
 
 
 def _unreadable(path: Path) -> str:
@@ -87,31 +133,43 @@ def _unreadable(path: Path) -> str:
     )
 
 
-def fitted_of(checkpoint: dict):
+def fitted_of(checkpoint: dict) -> FittedData:
     """The `FittedData` stored in a checkpoint."""
-    from geoguess.data.fitted import FittedData
-    from geoguess.models.module import CHECKPOINT_KEY
-
     try:
         return FittedData.from_dict(checkpoint[CHECKPOINT_KEY]["fitted"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's fitted data is incomplete ({exc})") from None
 
 
-def load_for_inference(path: str | Path, device: str = "cpu"):
-    """The model of a training checkpoint, in eval mode, and its `FittedData`."""
-    from geoguess.models.module import CHECKPOINT_KEY, build_from_spec
-
+def load_network(path: str | Path, device: str = "cpu") -> tuple[GeoNetwork, StoredRun]:
+    """The network of a training checkpoint, in eval mode on `device`, and its description."""
     checkpoint = read_checkpoint(path)
-    fitted = fitted_of(checkpoint)
-    model = build_from_spec(checkpoint[CHECKPOINT_KEY]["spec"], fitted)
+    stored = stored_run(checkpoint, path)
+    network = GeoNetwork.from_spec(stored.spec, stored.fitted)
+    prefix = "network."
+    weights = {
+        k.removeprefix(prefix): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(prefix)
+    }
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        network.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {path}: its weights do not fit the model it describes ({exc})"
         ) from None
-    return model.to(device).eval(), fitted
+    return network.to(device).eval(), stored
+
+
+def add_extras(path: str | Path, extras: dict) -> None:
+    """Write the fitted inference extras (plain values and tensors) into the checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint[CHECKPOINT_KEY]["extras"] = extras
+
+    def write(tmp):
+        torch.save(checkpoint, tmp)
+
+    atomic_write(Path(path), write, overwrite=True)
 
 
 def check_fit_settings(checkpoint: dict, cfg) -> None:
@@ -121,11 +179,8 @@ def check_fit_settings(checkpoint: dict, cfg) -> None:
 
 def check_training_settings(checkpoint: dict, cfg) -> None:
     """Refuse to continue a checkpoint's training under other optimisation settings."""
-    from omegaconf import OmegaConf
-
     keys = list(TRAINING_KEYS)
-    target = str(OmegaConf.select(cfg, "scheduler._target_", default="") or "")
-    if any(name in target for name in SCHEDULES_OVER_THE_RUN):
+    if spans_the_run(cfg.get("scheduler")):
         keys.append("trainer.max_epochs")
     differences = _config_differences(checkpoint, cfg, keys)
     _refuse(differences, "trained with other optimisation settings")
@@ -134,10 +189,6 @@ def check_training_settings(checkpoint: dict, cfg) -> None:
 def _config_differences(checkpoint: dict, cfg, keys) -> list[str]:
     """`key: then in the checkpoint, now now` for each of `keys` whose value differs between
     the config stored in the checkpoint and `cfg`."""
-    from omegaconf import OmegaConf
-
-    from geoguess.models.module import CHECKPOINT_KEY
-
     stored = OmegaConf.create(checkpoint[CHECKPOINT_KEY].get("config") or {})
     differences = []
     for key in keys:
@@ -147,11 +198,13 @@ def _config_differences(checkpoint: dict, cfg, keys) -> list[str]:
     return differences
 
 
-def check_architecture(checkpoint: dict, spec: dict) -> None:
-    """Refuse a checkpoint whose model differs from the one `spec` describes, saying how."""
-    from geoguess.models.module import CHECKPOINT_KEY, complete_spec
-
-    stored = complete_spec(checkpoint[CHECKPOINT_KEY]["spec"])
+def check_architecture(checkpoint: dict, spec: NetworkSpec) -> None:
+    """Refuse a checkpoint whose network differs from the one `spec` describes, saying how."""
+    try:
+        stored = NetworkSpec.from_dict(checkpoint[CHECKPOINT_KEY].get("spec")).to_dict()
+    except SpecError as exc:
+        raise CheckpointError(f"the checkpoint's model is refused: {exc}") from None
+    spec = spec.to_dict()
     differences = [
         f"{key}: {then!r} in the checkpoint, {now!r} now"
         for key, (then, now) in _flat_pairs(stored, spec).items()
@@ -170,8 +223,6 @@ def _refuse(differences: list[str], what: str) -> None:
 
 
 def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value

@@ -14,12 +14,15 @@ import json
 import logging
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from geoguess.errors import GeoguessError
+from geoguess.models.backbones import backbone_name, global_pool
 from geoguess.utils.io import make_temp_file
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,48 @@ class FeatureCache:
         finally:
             tmp.unlink(missing_ok=True)
         return cls(path)
+
+
+class FeatureCacheCallback(Callback):
+    """Gives the module the cached features of its frozen backbone at the start of fit: rank 0
+    computes them (on the training device) unless a run before did, the other ranks wait, then
+    every rank reads the file. `enabled` is false when the backbone trains from the first epoch,
+    the images are augmented, or a run resumes (it then computes features live)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = bool(enabled)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        image_cache = getattr(getattr(trainer.datamodule, "report", None), "cache", None)
+        if not self.enabled or image_cache is None or trainer.ckpt_path is not None:
+            return
+        if trainer.is_global_zero:
+            build_feature_cache(pl_module.network, image_cache)
+        trainer.strategy.barrier("feature-cache")
+        pl_module.feature_cache = build_feature_cache(pl_module.network, image_cache)
+
+
+def build_feature_cache(network, image_cache) -> FeatureCache:
+    """The per-view features of every location of `image_cache`, computed once for this
+    backbone, its weights, numerics and input statistics."""
+    key = feature_key(
+        f"{backbone_name(network.backbone)}:{global_pool(network.backbone)}"
+        f"{network.feature_variant()}",
+        weights_digest(network.backbone),
+        image_cache.key,
+        image_cache.image_size,
+        network.input_mean.flatten().tolist(),
+        network.input_std.flatten().tolist(),
+    )
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            return FeatureCache.build_or_load(
+                image_cache.data_path.parent, key, image_cache.open(), network.encode_views
+            )
+    finally:
+        network.train(was_training)
 
 
 def feature_file_locations(features: Path) -> pd.DataFrame:

@@ -6,7 +6,7 @@ The linear layer, the loss and the decoding run in float32/float64 with autocast
 bf16 the regression head alone loses kilometres, and the haversine tens of km.
 
 `HEADS` is the registry a checkpoint's head is rebuilt from: a checkpoint names a kind and
-plain settings (`Head.spec`), never code to run.
+plain settings (`spec.HeadSpec`), never code to run.
 """
 
 from __future__ import annotations
@@ -76,10 +76,6 @@ class Head(nn.Module):
         """Predicted latitude and longitude in degrees (float64 numpy arrays)."""
         lat, lon, _ = self.decode(self.to_projected(output).detach().cpu().numpy())
         return lat, lon
-
-    def spec(self) -> dict:
-        """The plain settings this head is rebuilt from (`build_head`)."""
-        return {"kind": self.kind, "snap_to_land": self.snap_to_land}
 
 
 class ClassificationHead(Head):
@@ -182,14 +178,6 @@ class ClassificationHead(Head):
     def spread_km(self, output: torch.Tensor, xy: torch.Tensor, q: float) -> torch.Tensor:
         return mass_radius_km(self.class_probabilities(output), self.place_xy(output), xy, q)
 
-    def spec(self) -> dict:
-        return {
-            **super().spec(),
-            "points": self.points,
-            "smoothing_km": self.smoothing_km,
-            "decode": self.decode_mode,
-        }
-
 
 DECODES = ("weighted", "median", "top")
 MEDIAN_TOLERANCE_M = 1.0
@@ -289,9 +277,6 @@ class HybridHead(ClassificationHead):
             chosen = predicted[torch.arange(len(ids), device=ids.device), ids]
             return classification + self.offset_weight * F.mse_loss(chosen, wanted.float())
 
-    def spec(self) -> dict:
-        return {**super().spec(), "offset_weight": self.offset_weight}
-
 
 class RegressionHead(Head):
     """Two outputs: the min-max normalised projected x, y; MSE against the normalised target.
@@ -338,35 +323,15 @@ HEADS: dict[str, type[Head]] = {
     "regression": RegressionHead,
     "hybrid": HybridHead,
 }
-# The plain settings each kind takes from a checkpoint, with their types.
-HEAD_SETTINGS: dict[str, dict[str, tuple[type, ...]]] = {
-    "classification": {
-        "points": (str,),
-        "smoothing_km": (float, int, type(None)),
-        "snap_to_land": (bool,),
-        "decode": (str,),
-    },
-    "regression": {"snap_to_land": (bool,)},
-    "hybrid": {
-        "points": (str,),
-        "smoothing_km": (float, int, type(None)),
-        "snap_to_land": (bool,),
-        "decode": (str,),
-        "offset_weight": (float, int),
-    },
-}
 
 
 def build_head(
-    spec: dict, in_features: int, grid: ClassGrid, targets: TargetSpace, country: Country
+    spec, in_features: int, grid: ClassGrid, targets: TargetSpace, country: Country
 ) -> Head:
-    """A head from its `spec` (kind and plain settings), refusing anything unknown."""
-    kind = spec.get("kind")
-    if kind not in HEADS:
-        raise GeoguessError(f"unknown head kind {kind!r}; known: {', '.join(HEADS)}")
-    allowed = HEAD_SETTINGS[kind]
-    settings = {k: v for k, v in spec.items() if k != "kind"}
-    for key, value in settings.items():
-        if key not in allowed or not isinstance(value, allowed[key]):
-            raise GeoguessError(f"head setting {key}={value!r} is not valid for a {kind} head")
-    return HEADS[kind](in_features, grid=grid, targets=targets, country=country, **settings)
+    """The head a `HeadSpec` describes (its kind from `HEADS`, the settings that kind takes)."""
+    settings = {"snap_to_land": spec.snap_to_land}
+    if spec.kind != "regression":
+        settings.update(points=spec.points, smoothing_km=spec.smoothing_km, decode=spec.decode)
+    if spec.kind == "hybrid":
+        settings["offset_weight"] = spec.offset_weight
+    return HEADS[spec.kind](in_features, grid=grid, targets=targets, country=country, **settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from hydra.utils import get_method
 from torch.optim import Optimizer, lr_scheduler
 
 from geoguess.errors import GeoguessError
@@ -60,6 +61,17 @@ def cosine(
         raise GeoguessError("scheduler=cosine needs trainer.max_epochs")
     scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(epochs), eta_min=eta_min)
     return {"scheduler": scheduler, "interval": "epoch"}
+
+
+# Schedules laid out over `trainer.max_epochs` (a resumed run cannot stretch them).
+onecycle.spans_the_run = True
+cosine.spans_the_run = True
+
+
+def spans_the_run(node) -> bool:
+    """Whether the `scheduler` group's choice (a config node, or null) spans the whole run."""
+    target = node.get("_target_") if node else None
+    return bool(target) and bool(getattr(get_method(target), "spans_the_run", False))
 
 
 def _total_steps(trainer) -> int:

@@ -38,6 +38,10 @@ class BackboneUnfreeze(BaseFinetuning):
     def trainable_stages(self, epoch: int, num_stages: int) -> int:
         raise NotImplementedError
 
+    def frozen_from_start(self) -> bool:
+        """Whether no stage trains in the first epoch (its features can then be cached)."""
+        return self.trainable_stages(0, 1) == 0
+
     # BaseFinetuning freezes in `setup`, before DDP wraps the model; DDP would then never
     # synchronise the gradients of parameters unfrozen later. Freezing is done at every epoch
     # start instead (`finetune_function`), on the wrapped model.
