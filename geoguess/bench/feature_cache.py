@@ -15,6 +15,7 @@ from geoguess.bench.config import BenchConfig, BenchSettings
 from geoguess.bench.timing import median_rate, seconds
 from geoguess.models.backbones import create_backbone
 from geoguess.models.feature_cache import BATCH_LOCATIONS
+from geoguess.models.network import run_backbone
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -74,10 +75,6 @@ def bench_frozen_pass(settings: BenchSettings) -> dict:
     """Images per second of a frozen backbone's pass (evaluation, the feature cache's build) in
     float32, channels-last, and channels-last bf16, on blocks of the feature cache's size, and
     bf16's error relative to float32. Random weights: the speed is the architecture's."""
-    # Lightning loads here (with the module), not at the top: a bench without this section
-    # need not import it.
-    from geoguess.models.module import run_backbone
-
     torch.manual_seed(0)
     backbone = create_backbone(settings.feature_cache_backbone, pretrained=False).eval()
     size = settings.feature_cache_image_size
