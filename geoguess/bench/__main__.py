@@ -1,19 +1,25 @@
 """`python -m geoguess.bench` (`make bench`): measure, write bench.json, print a table.
 
-The measurements live in `geoguess.benchmarks`; this is only the command. `bench.quick=true`
-shrinks every size (a smoke run for the tests); `bench.sections=[train_step,loader]` runs a part.
+The measurements live in the section modules of `geoguess.bench` (`sections.SECTIONS`); this is
+only the command. `bench.quick=true` shrinks every size (a smoke run for the tests);
+`bench.sections=[train_step,loader]` runs a part.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from geoguess import runs
+from geoguess.bench.report import table
 from geoguess.utils.cli import CONFIG_PATH, user_errors
 from geoguess.utils.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from geoguess.bench.config import BenchSettings
 
 # bench.quick=true: the smallest run that still exercises every code path.
 QUICK = {
@@ -36,9 +42,10 @@ QUICK = {
 }
 
 
-def settings_from(cfg: DictConfig, cuda: bool):
+def settings_from(cfg: DictConfig, cuda: bool) -> BenchSettings:
     """`BenchSettings` from the `bench` keys: nulls resolved for the device, quick applied."""
-    from geoguess.benchmarks import BenchSettings
+    # torch loads here, not at the top: `--help` and a bad override answer without it.
+    from geoguess.bench.config import BenchSettings
 
     values = OmegaConf.to_container(cfg.bench, resolve=True)
     quick = values.pop("quick")
@@ -56,18 +63,21 @@ def settings_from(cfg: DictConfig, cuda: bool):
     return BenchSettings(**{k: v for k, v in values.items() if k in known})
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
+# CONFIG_PATH is relative to a module of geoguess/; this one is a folder deeper.
+@hydra.main(version_base="1.3", config_path=f"../{CONFIG_PATH}", config_name="bench")
 @user_errors
 def main(cfg: DictConfig) -> int:
+    # torch and the sections load here, not at the top: `--help` and a bad override answer
+    # without them.
     import torch
 
-    from geoguess import benchmarks
+    from geoguess.bench.sections import run_benchmarks
 
     out = runs.claim(cfg)
     settings = settings_from(cfg, torch.cuda.is_available())
-    result = benchmarks.run_benchmarks(settings, progress=lambda text: print(f"[bench] {text}"))
+    result = run_benchmarks(settings, progress=lambda text: print(f"[bench] {text}"))
     path = write_json_atomic(out / "bench.json", result)
-    print(benchmarks.table(result))
+    print(table(result))
     print(f"wrote {path}")
     return 0
 
