@@ -54,3 +54,8 @@ def refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:
             "re-running the whole sweep. Start the ranks with torchrun (one run at a time), or "
             "sweep on a cluster with hydra/launcher=submitit_slurm (see docs/sweeps.md)"
         )
+
+
+def wait_for_the_other_ranks() -> None:
+    """A barrier of the process group `join_launched_ranks` joined."""
+    dist.barrier()

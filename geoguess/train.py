@@ -13,15 +13,18 @@ import sys
 from pathlib import Path
 
 import hydra
-import lightning as L
-import torch.distributed as dist
+from lightning import seed_everything
 from omegaconf import DictConfig
 
 from geoguess import builders as build
 from geoguess import metrics, runs
 from geoguess import results as results_mod
 from geoguess.errors import GeoguessError
-from geoguess.launched import join_launched_ranks, refuse_ddp_in_local_sweep
+from geoguess.launched import (
+    join_launched_ranks,
+    refuse_ddp_in_local_sweep,
+    wait_for_the_other_ranks,
+)
 from geoguess.models import checkpoint as ckpt
 from geoguess.models.loggers import (
     build_loggers,
@@ -99,7 +102,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
             ckpt.check_fit_settings(checkpoint, cfg)
             ckpt.check_training_settings(checkpoint, cfg)
     build.quiet_lightning()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_everything(cfg.seed, workers=True, verbose=False)
     country = instantiate(cfg.country)
     # Built first: a backbone whose weights cannot be had, or a bad optimizer setting, fails
     # before any data work.
@@ -119,7 +122,7 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     if runs.global_rank() == 0:
         datamodule.prepare_data()
     if distributed:
-        dist.barrier()
+        wait_for_the_other_ranks()
     datamodule.setup("fit")
     if datamodule.splits["val"].empty:
         raise GeoguessError(

@@ -338,7 +338,7 @@ def test_hydra_configs_instantiate(dataset, cache_dir):
             "validate", overrides=[f"data.root={dataset[0]}", f"data.cache_dir={cache_dir}"]
         )
         synthetic = compose("validate", overrides=["data=synthetic"])
-    assert cfg.image.size == 224
+    assert cfg.image.size == 112  # what training reads by default (train.yaml's image group)
     assert cfg.data.split_by == "spatial"  # real data: neighbouring panoramas never straddle
     # As train.py does it: a partial, called with the run's objects.
     dm = instantiate(cfg.data, _partial_=True)(
