@@ -19,6 +19,7 @@ from geoguess.geo import haversine_km
 from geoguess.models.network import GeoNetwork
 from geoguess.models.refinement import QUANTILES, Retrieval, mirror_views, radius_scale
 from geoguess.models.spec import InferenceSpec
+from geoguess.novelty import NoveltyReference
 
 TOP_K = 5
 
@@ -26,10 +27,12 @@ TOP_K = 5
 @dataclass
 class InferenceExtras:
     """What is fitted after training on the best weights: the radii's calibration (validation
-    split) and the retrieval index (training split, with refinement by knn)."""
+    split), the retrieval index (training split, with refinement by knn) and the novelty
+    reference (training split)."""
 
     radius_scale: tuple[float, float] | None = None
     retrieval: Retrieval | None = None
+    novelty: NoveltyReference | None = None
 
     def to_checkpoint(self) -> dict:
         """Plain values and tensors (read back with `torch.load(weights_only=True)`)."""
@@ -40,6 +43,8 @@ class InferenceExtras:
                 "xy": self.retrieval.xy.detach().cpu().double().contiguous(),
                 "classes": self.retrieval.classes.detach().cpu().long().contiguous(),
             }
+        if self.novelty is not None:
+            entry["novelty"] = self.novelty.to_checkpoint()
         return entry
 
     @classmethod
@@ -60,9 +65,11 @@ class InferenceExtras:
                     cells=inference.refine_cells,
                     temperature=inference.refine_temperature,
                 )
+            novelty = entry.get("novelty")
+            novelty = NoveltyReference.from_checkpoint(novelty) if novelty is not None else None
         except (AttributeError, KeyError, TypeError, IndexError, ValueError) as exc:
             raise GeoguessError(f"the checkpoint's inference extras are damaged ({exc})") from None
-        return cls(scale, retrieval)
+        return cls(scale, retrieval, novelty)
 
 
 class Predictor:
@@ -85,7 +92,7 @@ class Predictor:
                 "model.refine=knn looks in the likeliest cells: a classification "
                 "or hybrid head, not head=regression"
             )
-        self._place_retrieval()
+        self._place_extras()
 
     @classmethod
     def from_checkpoint(
@@ -122,11 +129,14 @@ class Predictor:
     def calibrated(self) -> bool:
         return self.extras.radius_scale is not None
 
-    def _place_retrieval(self) -> None:
-        """The index on the network's device once, not copied to it on every batch."""
+    def _place_extras(self) -> None:
+        """The index and the novelty reference on the network's device once, not copied to it
+        on every batch."""
+        device = self.network.device
+        if self.extras.novelty is not None:
+            self.extras.novelty.to(device)
         retrieval = self.extras.retrieval
         if retrieval is not None:
-            device = self.network.device
             retrieval.embeddings = retrieval.embeddings.to(device)
             retrieval.xy = retrieval.xy.to(device)
             retrieval.classes = retrieval.classes.to(device)
@@ -143,7 +153,9 @@ class Predictor:
     ) -> dict[str, torch.Tensor]:
         """Per location, on the network's device: `xy` (metres, before snapping), `radius50`
         and `radius90` (km; calibrated once the extras are fitted), `output` (the head's raw
-        output on the images as given) and `fused` (their fused features).
+        output on the images as given), `fused` (their fused features) and `novelty` (their
+        percentile among the training split's distances, `geoguess.novelty`; NaN before the
+        extras are fitted).
 
         `images` uint8 `[B, 4, 3, S, S]`; `features`: the backbone's cached per-view features of
         the same images, used instead of a backbone pass on them (never for the mirrored views).
@@ -163,7 +175,20 @@ class Predictor:
         r50, r90 = (head.spread_km(output, xy, q) * scale[i] for i, q in enumerate(QUANTILES))
         # Each quantile is scaled on its own: keep the 90 % circle around the 50 % one.
         radius90 = torch.maximum(r90, r50)
-        return {"xy": xy, "radius50": r50, "radius90": radius90, "output": output, "fused": fused}
+        novelty = self.extras.novelty
+        novelty = (
+            novelty.percentile(fused)
+            if novelty is not None
+            else torch.full((len(xy),), torch.nan, device=xy.device)
+        )
+        return {
+            "xy": xy,
+            "radius50": r50,
+            "radius90": radius90,
+            "output": output,
+            "fused": fused,
+            "novelty": novelty,
+        }
 
     def decode(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Latitude, longitude and whether each guess was snapped onto land."""
@@ -173,7 +198,8 @@ class Predictor:
     def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """The answers for `images` (uint8 `[B, 4, 3, S, S]`, views 0, 90, 180, 270), one row
         per location: latitude, longitude, radius50_km and radius90_km (NaN when the checkpoint
-        has no calibration), snapped, and the `top_k` likeliest cells (ids, probabilities and
+        has no calibration), snapped, novelty (0-100; NaN when the checkpoint has no novelty
+        reference), and the `top_k` likeliest cells (ids, probabilities and
         points; no columns for a regression head)."""
         guess = self.guess(images.to(self.network.device))
         lat, lon, snapped = self.decode(guess["xy"].cpu().numpy())
@@ -186,6 +212,7 @@ class Predictor:
             "radius50_km": radii[:, 0].astype(np.float64),
             "radius90_km": radii[:, 1].astype(np.float64),
             "snapped": np.asarray(snapped, dtype=bool),
+            "novelty": guess["novelty"].cpu().numpy().astype(np.float64),
         }
         return {**answers, **self.top_cells(guess["output"])}
 
@@ -219,12 +246,15 @@ class Predictor:
         val_batches: Iterable[dict],
         features_of: Callable[[dict], torch.Tensor | None] = lambda batch: None,
     ) -> InferenceExtras:
-        """On the current weights: the retrieval index of the training split (with refinement
-        by knn), then the radii's calibration on the validation split's errors, guessed as at
-        test (TTA and refinement on). `features_of(batch)`: cached backbone features, if any."""
+        """On the current weights: the novelty reference and (with refinement by knn) the
+        retrieval index of the training split, then the radii's calibration on the validation
+        split's errors, guessed as at test (TTA and refinement on). `features_of(batch)`:
+        cached backbone features, if any."""
         self.extras = InferenceExtras()
+        parts = self._collect(train_batches, features_of, embed=True)
+        if parts:
+            self.extras.novelty = NoveltyReference.fit(parts["fused"])
         if self.inference.refine == "knn":
-            parts = self._collect(train_batches, features_of, embed=True)
             self.extras.retrieval = Retrieval(
                 torch.nn.functional.normalize(parts["fused"], dim=-1),
                 torch.from_numpy(self.fitted.targets.project(*parts["latlon"].T.numpy())),
@@ -233,7 +263,7 @@ class Predictor:
                 cells=self.inference.refine_cells,
                 temperature=self.inference.refine_temperature,
             )
-            self._place_retrieval()
+        self._place_extras()
         parts = self._collect(val_batches, features_of)
         lat, lon, _ = self.network.head.decode(parts["xy"].numpy())
         errors = haversine_km(lat, lon, *parts["latlon"].T.numpy())

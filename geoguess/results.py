@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 
 from geoguess.errors import GeoguessError
+from geoguess.novelty import NOVEL_PERCENTILE, novel_share
 from geoguess.runs import RESULTS_FILE
 from geoguess.utils.io import write_csv_atomic, write_json_atomic
 
@@ -24,6 +25,7 @@ RESULT_KEYS = (
     "test_geoguessr_score",
     "test_coverage50",
     "test_coverage90",
+    "test_novel_share",
     "baseline_test_haversine_km",
     "num_classes",
     "best_checkpoint",
@@ -76,6 +78,11 @@ def completed(
         "test_geoguessr_score": test.get("geoguessr_score"),
         "test_coverage50": test.get("coverage50"),
         "test_coverage90": test.get("coverage90"),
+        "test_novel_share": (
+            novel_share(frame["novelty"].to_numpy())
+            if frame is not None and "novelty" in frame
+            else None
+        ),
         "baseline_test_haversine_km": baseline_km,
         "num_classes": num_classes,
         "best_checkpoint": best_checkpoint,
@@ -180,6 +187,11 @@ def summary(out: Path, results: dict) -> str:
         lines.append(
             f"  truth within radius50 / 90      {share(results['test_coverage50'])} / "
             f"{share(results['test_coverage90'])} (calibrated on validation for 50 / 90 %)"
+        )
+    if results.get("test_novel_share") is not None:
+        lines.append(
+            f"  novel test locations           {share(results['test_novel_share'])} beyond the "
+            f"training split's {NOVEL_PERCENTILE:.0f}th percentile of distances"
         )
     if results["test_snapped_share"]:
         lines.append(

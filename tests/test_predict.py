@@ -4,6 +4,8 @@ which file is wrong; checkpoints are untrusted input."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -47,8 +49,10 @@ def copy_dataset(source: Path, target: Path, n: int = 12) -> Path:
 
 
 def predict_with(tmp_path: Path, checkpoint, root, output, *extra) -> Path:
-    """`python -m geoguess.predict ...` in this process, in a fresh run folder."""
-    overrides = [f"checkpoint={checkpoint}", f"data.root={root}", f"output={output}", *extra]
+    """`python -m geoguess.predict ...` in this process, in a fresh run folder (`checkpoint`
+    None: the model is given in `extra`)."""
+    model = [f"checkpoint={checkpoint}"] if checkpoint is not None else []
+    overrides = [*model, f"data.root={root}", f"output={output}", *extra]
     run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
     with composed(overrides, run_dir, "predict") as cfg:
         return run(cfg)
@@ -137,9 +141,22 @@ def test_cli_writes_coordinates_and_radii_and_prints_the_error(trained, data_roo
     done = run_cli("predict", args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pd.read_csv(output)
-    assert list(frame.columns) == ["uuid", "latitude", "longitude", "radius50_km", "radius90_km"]
+    columns = ["uuid", "latitude", "longitude", "radius50_km", "radius90_km", "novelty"]
+    assert list(frame.columns) == columns
     assert len(frame) == 80 and (frame["radius90_km"] >= frame["radius50_km"]).all()
+    assert frame["novelty"].between(0, 100).all()
     assert "mean error" in done.stdout and " km" in done.stdout
+    # Piped: a start line naming the checkpoint and settings, and progress lines, no bar.
+    lines = done.stdout.splitlines()
+    start = f"predicting 80 locations of {data_root} with {trained['best_checkpoint']}, "
+    assert lines[0] == start + "tta=none (as tested), refine=none (as tested)"
+    assert "predicted 80 / 80 locations (" in done.stdout
+    assert "\r" not in done.stdout + done.stderr
+    # The log file holds what was printed.
+    (log,) = (tmp_path / "outputs" / "predict").glob("*/predict.log")
+    logged = log.read_text()
+    assert start in logged and f"wrote 80 predictions to {output}" in logged
+    assert "mean error" in logged
     assert not list(output.parent.glob(".*.tmp"))  # the atomic write left nothing behind
     assert output.stat().st_mode & 0o777 == 0o644
 
@@ -286,3 +303,74 @@ def test_checkpoint_zip_holds_no_code_objects(trained):
     assert any(name.endswith("data.pkl") for name in names)
     buffer = io.BytesIO(Path(trained["best_checkpoint"]).read_bytes())
     assert "geoguess" in torch.load(buffer, weights_only=True)
+
+
+def test_run_takes_its_best_checkpoint_and_exactly_one_model_is_given(
+    trained, data_root, tmp_path, capsys
+):
+    root = copy_dataset(data_root, tmp_path / "data", n=6)
+    output = tmp_path / "from-run.csv"
+    predict_with(tmp_path, None, root, output, f"run={trained['run']}")
+    printed = capsys.readouterr().out
+    assert f"with {trained['best_checkpoint']}, tta=none (as tested)" in printed
+    by_checkpoint = predict_with(tmp_path, trained["best_checkpoint"], root, tmp_path / "c.csv")
+    assert pd.read_csv(output).equals(pd.read_csv(by_checkpoint))
+    # The run folder moved: its best checkpoint is found under checkpoints/ by name; without
+    # results.json (a run killed before its end), checkpoints/best-*.ckpt.
+    moved = tmp_path / "moved"
+    shutil.copytree(trained["run"], moved)
+    best = Path(trained["best_checkpoint"]).name
+    results = json.loads((moved / "results.json").read_text())
+    results["best_checkpoint"] = f"/gone/checkpoints/{best}"
+    (moved / "results.json").write_text(json.dumps(results))
+    (moved / "checkpoints" / "best-epoch99.ckpt").write_bytes(b"")  # older, not named there
+    os.utime(moved / "checkpoints" / "best-epoch99.ckpt", (0, 0))
+    predict_with(tmp_path, None, root, tmp_path / "moved.csv", f"run={moved}")
+    assert f"with {moved / 'checkpoints' / best}," in capsys.readouterr().out
+    (moved / "results.json").unlink()
+    predict_with(tmp_path, None, root, tmp_path / "killed.csv", f"run={moved}")
+    assert f"with {moved / 'checkpoints' / best}," in capsys.readouterr().out
+    refused = tmp_path / "refused"
+    for extra, pattern in (
+        ([], "no model was given: give the training run, run="),
+        ([f"run={trained['run']}", f"checkpoint={trained['best_checkpoint']}"], "both given"),
+        ([f"run={tmp_path / 'nowhere'}"], "is not a folder"),
+        ([f"run={root}"], "holds no best checkpoint"),
+    ):
+        overrides = [f"data.root={root}", f"output={tmp_path / 'x.csv'}", *extra]
+        with composed(overrides, refused, "predict") as cfg, pytest.raises(GeoguessError) as error:
+            run(cfg)
+        assert pattern in str(error.value) and not (refused / ".hydra").exists()
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_last_checkpoint_says_in_one_line_that_it_has_no_radii(
+    trained, data_root, tmp_path, capsys
+):
+    root = copy_dataset(data_root, tmp_path / "data", n=4)
+    output = tmp_path / "last.csv"
+    predict_with(tmp_path, trained["run"] / "checkpoints" / "last.ckpt", root, output)
+    assert list(pd.read_csv(output).columns) == ["uuid", "latitude", "longitude"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "no calibration" in line]
+    assert len(lines) == 1 and "run=" in lines[0] and "best checkpoint" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "table, reason",
+    [
+        ("drop-longitude", "has no longitude column (its columns: uuid, latitude)"),
+        ("other-uuids", "gives coordinates for none of the 4 predicted folders"),
+    ],
+)
+def test_a_data_csv_that_cannot_score_says_why(trained, data_root, tmp_path, capsys, table, reason):
+    root = copy_dataset(data_root, tmp_path / "data", n=4)
+    frame = pd.read_csv(root / "data.csv", index_col=0)
+    if table == "drop-longitude":
+        frame = frame[["uuid", "latitude"]]
+    else:
+        frame["uuid"] = [f"other-{i}" for i in range(len(frame))]
+    frame.to_csv(root / "data.csv", index=False)
+    predict_with(tmp_path, trained["best_checkpoint"], root, tmp_path / "p.csv")
+    printed = capsys.readouterr().out
+    assert f"{root / 'data.csv'} {reason}: the predictions are not scored" in printed
+    assert "mean error" not in printed

@@ -157,6 +157,7 @@ class GeoguessModule(L.LightningModule):
                 "xy": guess["xy"],
                 "radius50": guess["radius50"],
                 "radius90": guess["radius90"],
+                "novelty": guess["novelty"],
                 "latlon": batch["latlon"].to(torch.float64),
                 "index": batch["index"].to(torch.int64),
             }
@@ -208,7 +209,7 @@ class GeoguessModule(L.LightningModule):
         outputs, self._outputs[stage] = self._outputs[stage], []
         if not outputs:
             return None  # (DDP: a rank without locations; Lightning gives each rank some)
-        keys = ("xy", "latlon", "index", "radius50", "radius90")
+        keys = ("xy", "latlon", "index", "radius50", "radius90", "novelty")
         parts = {k: torch.cat([o[k] for o in outputs]) for k in keys}
         if self.trainer is not None and self.trainer.world_size > 1:
             parts = {k: _gather_uneven(t) for k, t in parts.items()}
@@ -228,6 +229,7 @@ class GeoguessModule(L.LightningModule):
             frame["uuid"], raw_lat, raw_lon, latlon[:, 0], latlon[:, 1]
         )["error_km"].to_numpy()
         frame["radius50_km"], frame["radius90_km"] = parts["radius50"], parts["radius90"]
+        frame["novelty"] = parts["novelty"]
         return frame
 
     def _split_uuids(self, stage: str) -> list[str]:
