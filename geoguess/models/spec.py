@@ -31,6 +31,9 @@ CHECKPOINT_KEY = "geoguess"
 CHECKPOINT_VERSION = 3
 # Precision of the backbone's passes while none of it trains (model.frozen_precision).
 FROZEN_PRECISIONS = ("32", "bf16")
+# Locations per no-gradient backbone pass of every network described before
+# model.inference_block existed, on every device.
+BLOCK_BEFORE_THE_SETTING = 16
 
 
 class SpecError(GeoguessError):
@@ -135,14 +138,20 @@ class NetworkSpec:
     head: HeadSpec
     input_mean: tuple[float, ...]
     input_std: tuple[float, ...]
-    # Both change the backbone's numbers a little: prediction runs as the test did.
+    # These change the backbone's numbers a little: prediction runs as the test did.
     frozen_precision: str
     channels_last: bool | None
+    # Locations per backbone pass without gradients; null: by device (network.py). The one
+    # field with a default here: the networks of specs written before it ran blocks of 16 on
+    # every device (from_dict), and a spec built in code gets the device's choice.
+    inference_block: int | None = None
 
     def __post_init__(self) -> None:
         _check(self, "model")
         _one_of("model.fusion", self.fusion, tuple(FUSIONS))
         _one_of("model.frozen_precision", self.frozen_precision, FROZEN_PRECISIONS)
+        if self.inference_block is not None and self.inference_block < 1:
+            raise SpecError(f"model.inference_block={self.inference_block} must be >= 1, or null")
         if self.hidden < 0 or not 0.0 <= self.dropout < 1.0:
             raise SpecError(
                 f"model.hidden={self.hidden} must be >= 0 and model.dropout={self.dropout} "
@@ -161,6 +170,7 @@ class NetworkSpec:
         return _build(
             cls,
             {
+                "inference_block": BLOCK_BEFORE_THE_SETTING,
                 **data,
                 "backbone": _build(BackboneSpec, _mapping(data.get("backbone"), "backbone")),
                 "head": _build(HeadSpec, _mapping(data.get("head"), "head")),
@@ -229,6 +239,7 @@ class ModelSettings:
     normalize: str
     channels_last: bool | None
     frozen_precision: str
+    inference_block: int | None
     compile: bool
     check_finite_every: int
     feature_cache: bool
@@ -254,6 +265,7 @@ class ModelSettings:
             input_std=tuple(std),
             frozen_precision=self.frozen_precision,
             channels_last=self.channels_last,
+            inference_block=self.inference_block,
         )
 
     def inference_spec(self, tta: str) -> InferenceSpec:
