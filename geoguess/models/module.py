@@ -78,10 +78,25 @@ class GeoguessModule(L.LightningModule):
     def head(self) -> nn.Module:
         return self.network.head
 
-    def forward(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor | None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Head output of `[B, 4, 3, H, W]` images in 0..255; with the image cache `rows` of
-        the locations, their cached backbone features stand for the images."""
+        the locations, their cached backbone features stand for the images (which training
+        batches then do not carry)."""
         return self.network(images, self.features_of({"row": rows}))
+
+    @property
+    def feature_cache(self):
+        return self._feature_cache
+
+    @feature_cache.setter
+    def feature_cache(self, cache) -> None:
+        """While cached features stand for the images, training batches come without them."""
+        self._feature_cache = cache
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "read_train_images"):
+            datamodule.read_train_images(cache is None)
 
     def features_of(self, batch: dict) -> torch.Tensor | None:
         """The cached backbone features of a batch's locations, or None (no cache)."""
@@ -104,7 +119,7 @@ class GeoguessModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if len(batch["uuid"]) == 0:  # every location of the batch was unreadable
             return self._empty_step_loss()
-        loss = self.head.loss(self(batch["images"], batch.get("row")), batch)
+        loss = self.head.loss(self(batch.get("images"), batch.get("row")), batch)
         finite = torch.isfinite(loss.detach())
         self._finite = finite if self._finite is None else self._finite & finite
         if batch_idx % self.check_finite_every == 0:
