@@ -143,6 +143,24 @@ def test_an_empty_training_batch_gives_a_zero_loss_on_every_trainable_parameter(
     assert all(p.grad is None for p in module.network.backbone.parameters())
 
 
+def test_an_empty_batch_logs_the_synchronised_entries_of_a_full_one_with_batch_size_0():
+    """Entries synchronised at the epoch's end must exist on every rank, under the same names
+    and settings; the per-step progress value is left out."""
+    module = setup_module(1)
+    logged = []
+    module.log = lambda name, value, **settings: logged.append((name, settings))
+    batch = batch_of(module.fitted, LOCATIONS)
+    for stage, step in (("train", module.training_step), ("val", module.validation_step)):
+        logged.clear()
+        step(batch, 0)
+        full = [(n, s) for n, s in logged if s.get("sync_dist")]
+        logged.clear()
+        step(empty_batch(batch), 0)
+        assert [n for n, s in full] == [n for n, s in logged] and full, stage
+        for (_, then), (_, now) in zip(full, logged, strict=True):
+            assert now == {**then, "batch_size": 0}, stage
+
+
 def test_evaluation_outputs_are_float64_guesses_for_every_head():
     """The gather across ranks needs one dtype per output on every rank (an empty rank makes
     its own empty tensors); a head that gave float32 would be cast, changing the CSV's text."""

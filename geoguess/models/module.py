@@ -140,7 +140,14 @@ class GeoguessModule(L.LightningModule):
         synchronisation across ranks see this rank without counting it."""
         trainable = [p for p in self.parameters() if p.requires_grad]
         loss = torch.stack([p.sum() * 0.0 for p in trainable]).sum()
-        self.log("train/loss_epoch", loss.detach(), on_epoch=True, batch_size=0, sync_dist=True)
+        self.log(
+            "train/loss_epoch",
+            loss.detach(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=0,
+            sync_dist=True,
+        )
         return loss
 
     def on_train_epoch_end(self) -> None:
