@@ -125,12 +125,14 @@ def test_inference_block_sets_the_passes_and_keys_other_blocks_apart(block, pass
     assert network.inference_block(torch.device("cuda")) == (block or 64)
 
 
-def test_checkpoints_from_before_the_setting_keep_blocks_of_16():
+def test_checkpoints_from_before_the_setting_keep_blocks_of_16_on_the_cpu():
     from geoguess.models.spec import NetworkSpec, SpecError
 
-    spec = _network(None).spec.to_dict()
+    network = _network(None)
+    spec = network.spec.to_dict()
     assert spec["inference_block"] is None
     del spec["inference_block"]
-    assert NetworkSpec.from_dict(spec).inference_block == 16
+    assert NetworkSpec.from_dict(spec) == network.spec  # resumes under today's default
+    assert network.inference_block() == 16
     with pytest.raises(SpecError, match="model.inference_block=0"):
         NetworkSpec.from_dict({**spec, "inference_block": 0})

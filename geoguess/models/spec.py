@@ -31,9 +31,6 @@ CHECKPOINT_KEY = "geoguess"
 CHECKPOINT_VERSION = 3
 # Precision of the backbone's passes while none of it trains (model.frozen_precision).
 FROZEN_PRECISIONS = ("32", "bf16")
-# Locations per no-gradient backbone pass of every network described before
-# model.inference_block existed, on every device.
-BLOCK_BEFORE_THE_SETTING = 16
 
 
 class SpecError(GeoguessError):
@@ -142,8 +139,9 @@ class NetworkSpec:
     frozen_precision: str
     channels_last: bool | None
     # Locations per backbone pass without gradients; null: by device (network.py). The one
-    # field with a default here: the networks of specs written before it ran blocks of 16 on
-    # every device (from_dict), and a spec built in code gets the device's choice.
+    # field with a default here: a spec written before it existed reads as null, which on the
+    # CPU is the 16 it ran (on CUDA its passes then take larger blocks: last bits only), so
+    # that such a checkpoint resumes under today's default.
     inference_block: int | None = None
 
     def __post_init__(self) -> None:
@@ -170,7 +168,6 @@ class NetworkSpec:
         return _build(
             cls,
             {
-                "inference_block": BLOCK_BEFORE_THE_SETTING,
                 **data,
                 "backbone": _build(BackboneSpec, _mapping(data.get("backbone"), "backbone")),
                 "head": _build(HeadSpec, _mapping(data.get("head"), "head")),
