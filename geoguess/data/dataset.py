@@ -201,7 +201,9 @@ class BatchReader(Dataset):
     def __getitem__(self, indices: Sequence[int]) -> dict:
         if self._spans is not None and hasattr(os, "posix_fadvise"):
             self._read_ahead(np.asarray(indices, dtype=np.int64))
-        return self.dataset.read_batch(indices, images=self.images)
+        if not self.images:
+            return self.dataset.read_batch(indices, images=False)
+        return self.dataset.read_batch(indices)
 
     def _read_ahead(self, indices: np.ndarray) -> None:
         cache = self.dataset.cache
