@@ -642,6 +642,7 @@ def test_a_frozen_backbone_computes_its_features_once(data_root, tmp_path, monke
             "split_sizes": None,  # a nested dict, which approx does not compare
         }
     )
+    assert again["split_sizes"] == cached["split_sizes"]
     plain = run_training([*base, "model.feature_cache=false"], tmp_path / "plain")
     # Every epoch through the backbone: 3 x (2 training batches of 8 + 1 validation batch).
     assert sum(calls) > 3 * 2 * 8 and len(calls) > 9
