@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 SYNC_MESSAGE = "synchronizing CUDA operation"
+VIEWS = 4  # per location (geoguess.data.io.HEADINGS)
 
 
 def usable_gpu() -> str | None:
@@ -111,10 +112,11 @@ class GpuProbe(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._open is not None:
-            shape = batch["images"].shape  # metadata: no sync
+            # Metadata, no sync; batches read from the feature cache carry no images.
+            locations = len(batch["index"])
             self._open["steps"] += 1
-            self._open["locations"] += int(shape[0])
-            self._open["images"] += int(shape[0] * shape[1])
+            self._open["locations"] += locations
+            self._open["images"] += locations * VIEWS
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._close()

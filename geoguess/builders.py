@@ -23,6 +23,13 @@ from geoguess.models.unfreeze import BackboneUnfreeze
 from geoguess.utils.cli import instantiate
 
 log = logging.getLogger("geoguess.train")
+# trainer=ddp's strategy: DDP looks for parameters without a gradient each step, because a
+# backbone frozen in the first epochs must stay registered to be synchronised once it trains.
+# When the same parameters train in every epoch, a frozen backbone is frozen before DDP wraps
+# the model (BackboneUnfreeze.freeze_before_training), so plain DDP serves: it neither
+# registers the frozen parameters (no all-reduce of their zero gradients) nor searches the
+# graph.
+FIND_UNUSED = "ddp_find_unused_parameters_true"
 
 
 def build_module(cfg: DictConfig, fitted, backbone=None, optimizer=None, unfreeze=None):
@@ -58,12 +65,20 @@ def build_trainer(cfg: DictConfig, **kwargs):
             settings["devices"] = os.cpu_count() or 1
     # The data module's samplers split each epoch between the ranks themselves.
     settings["use_distributed_sampler"] = False
+    if cfg.trainer.get("strategy") == FIND_UNUSED and _same_parameters_train(cfg, kwargs):
+        settings["strategy"] = "ddp"  # see the comment of FIND_UNUSED
     try:
         return instantiate(cfg.trainer, _partial_=True)(**{**settings, **kwargs})
     except MisconfigurationException as exc:
         raise GeoguessError(
             f"trainer: {exc} (trainer=gpu needs a CUDA GPU; trainer=cpu runs without one)"
         ) from None
+
+
+def _same_parameters_train(cfg: DictConfig, kwargs: dict) -> bool:
+    schedules = [c for c in kwargs.get("callbacks") or [] if isinstance(c, BackboneUnfreeze)]
+    max_epochs = cfg.trainer.get("max_epochs")
+    return len(schedules) == 1 and schedules[0].same_every_epoch(max_epochs)
 
 
 def checked_optimizer(factory):

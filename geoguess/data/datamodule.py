@@ -21,7 +21,7 @@ from geoguess.data import settings as checked
 from geoguess.data import stats as stats_mod
 from geoguess.data.augment import BatchAugment
 from geoguess.data.cache import stats_path
-from geoguess.data.dataset import GeoguesserDataset, batch_loader
+from geoguess.data.dataset import BatchReader, GeoguesserDataset, batch_loader
 from geoguess.data.fitted import FittedData
 from geoguess.data.io import DataError, as_roots
 from geoguess.data.sampler import BlockShuffle, LocationShuffle, should_block_shuffle
@@ -115,6 +115,8 @@ class GeoDataModule(L.LightningDataModule):
         self.datasets: dict[str, GeoguesserDataset] = {}
         # The training order's sampler (TRAIN_ORDERS), once chosen: see _train_order.
         self.train_order_kind: str | None = None
+        self._train_images = True
+        self._train_reader: BatchReader | None = None
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
@@ -146,7 +148,18 @@ class GeoDataModule(L.LightningDataModule):
             self.fitted.save_once(self.run_dir / "fitted.json")
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        self._train_reader = loader.dataset
+        self._train_reader.images = self._train_images
+        return loader
+
+    def read_train_images(self, wanted: bool) -> None:
+        """Whether training batches carry their images; without them (a model that reads
+        cached backbone features by "row") they are not read from the image cache. Takes
+        effect from the next epoch's first batch, and only for data read from the cache."""
+        self._train_images = bool(wanted)
+        if self._train_reader is not None:
+            self._train_reader.images = self._train_images
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -118,19 +118,22 @@ class GeoguesserDataset(Dataset):
             "row": torch.tensor(self.rows[i] if self.rows is not None else -1, dtype=torch.int64),
         }
 
-    def read_batch(self, indices: Sequence[int]) -> dict:
+    def read_batch(self, indices: Sequence[int], images: bool = True) -> dict:
         """The batch of `indices`, as `collate` of their items gives it, read at once.
 
         From the cache: one fancy index into the memory map (no per-item tensors, no collate
         copy). Without a cache: item by item, with the failure handling of `__getitem__`.
+        `images=False` (with a cache): the batch without its "images", for a model that reads
+        the locations' cached backbone features by their "row" instead.
         """
         if self.cache is None:
             return self.collate([self[i] for i in indices])
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if not len(indices):
             return self.collate([])
+        views = {"images": torch.from_numpy(self._array()[self.rows[indices]])} if images else {}
         return {
-            "images": torch.from_numpy(self._array()[self.rows[indices]]),
+            **views,
             "latlon": torch.from_numpy(self.latlon[indices]),
             "target": torch.from_numpy(self.targets[indices]),
             "class_id": torch.from_numpy(self.class_ids[indices]),
@@ -172,6 +175,9 @@ class BatchReader(Dataset):
 
     def __init__(self, dataset: GeoguesserDataset, blocks: Sequence[np.ndarray] | None = None):
         self.dataset = dataset
+        # Whether batches carry their images (read at each batch: an epoch's loader sees the
+        # value set before its iterator was made).
+        self.images = True
         self._spans: np.ndarray | None = None
         self._block_of: np.ndarray | None = None
         if blocks is not None and dataset.cache is not None and len(dataset):
@@ -195,6 +201,8 @@ class BatchReader(Dataset):
     def __getitem__(self, indices: Sequence[int]) -> dict:
         if self._spans is not None and hasattr(os, "posix_fadvise"):
             self._read_ahead(np.asarray(indices, dtype=np.int64))
+        if not self.images:
+            return self.dataset.read_batch(indices, images=False)
         return self.dataset.read_batch(indices)
 
     def _read_ahead(self, indices: np.ndarray) -> None:

@@ -78,10 +78,25 @@ class GeoguessModule(L.LightningModule):
     def head(self) -> nn.Module:
         return self.network.head
 
-    def forward(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor | None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Head output of `[B, 4, 3, H, W]` images in 0..255; with the image cache `rows` of
-        the locations, their cached backbone features stand for the images."""
+        the locations, their cached backbone features stand for the images (which training
+        batches then do not carry)."""
         return self.network(images, self.features_of({"row": rows}))
+
+    @property
+    def feature_cache(self):
+        return self._feature_cache
+
+    @feature_cache.setter
+    def feature_cache(self, cache) -> None:
+        """While cached features stand for the images, training batches come without them."""
+        self._feature_cache = cache
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "read_train_images"):
+            datamodule.read_train_images(cache is None)
 
     def features_of(self, batch: dict) -> torch.Tensor | None:
         """The cached backbone features of a batch's locations, or None (no cache)."""
@@ -101,10 +116,10 @@ class GeoguessModule(L.LightningModule):
 
     # -- steps --------------------------------------------------------------------------------
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        if len(batch["uuid"]) == 0:
-            return None  # every location of the batch was unreadable
-        loss = self.head.loss(self(batch["images"], batch.get("row")), batch)
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if len(batch["uuid"]) == 0:  # every location of the batch was unreadable
+            return self._empty_step_loss()
+        loss = self.head.loss(self(batch.get("images"), batch.get("row")), batch)
         finite = torch.isfinite(loss.detach())
         self._finite = finite if self._finite is None else self._finite & finite
         if batch_idx % self.check_finite_every == 0:
@@ -114,6 +129,24 @@ class GeoguessModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log(
             "train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True
+        )
+        return loss
+
+    def _empty_step_loss(self) -> torch.Tensor:
+        """A zero loss on every trainable parameter: under DDP the other ranks' backward
+        passes wait for this rank's gradients, so a rank with nothing to learn from still
+        takes part in the step (its gradients are zeros), where returning None would skip the
+        backward pass and hang them. Logged with batch size 0, so the epoch's mean and its
+        synchronisation across ranks see this rank without counting it."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        loss = torch.stack([p.sum() * 0.0 for p in trainable]).sum()
+        self.log(
+            "train/loss_epoch",
+            loss.detach(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=0,
+            sync_dist=True,
         )
         return loss
 
@@ -143,6 +176,9 @@ class GeoguessModule(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict) -> None:
         if len(batch["uuid"]) == 0:
+            # Logged all the same: the epoch's synchronised mean needs every rank's entry.
+            zero = torch.zeros((), device=self.device)
+            self.log(f"{stage}/loss", zero, on_epoch=True, batch_size=0, sync_dist=True)
             return
         # Test-time augmentation at test only: the epochs' validation picks the checkpoint
         # without it (a second backbone pass per epoch would defeat the feature cache), while
@@ -153,14 +189,7 @@ class GeoguessModule(L.LightningModule):
             f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["uuid"]), sync_dist=True
         )
         self._outputs[stage].append(
-            {
-                "xy": guess["xy"],
-                "radius50": guess["radius50"],
-                "radius90": guess["radius90"],
-                "novelty": guess["novelty"],
-                "latlon": batch["latlon"].to(torch.float64),
-                "index": batch["index"].to(torch.int64),
-            }
+            {key: value(guess, batch).to(dtype) for key, (value, dtype) in OUTPUTS.items()}
         )
 
     # -- epoch ends: metrics over every location, in km --------------------------------------
@@ -207,12 +236,18 @@ class GeoguessModule(L.LightningModule):
     def _gather_frame(self, stage: str) -> pd.DataFrame | None:
         """Every location of the epoch (all ranks, each once): predictions, truth, km."""
         outputs, self._outputs[stage] = self._outputs[stage], []
-        if not outputs:
-            return None  # (DDP: a rank without locations; Lightning gives each rank some)
-        keys = ("xy", "latlon", "index", "radius50", "radius90", "novelty")
-        parts = {k: torch.cat([o[k] for o in outputs]) for k in keys}
+        # A rank without locations takes part in the gather all the same (with no rows), or
+        # the others would wait for it forever.
+        parts = {
+            key: torch.cat([o[key] for o in outputs])
+            if outputs
+            else torch.zeros((0, *shape), dtype=dtype, device=self.device)
+            for key, shape, dtype in _output_shapes()
+        }
         if self.trainer is not None and self.trainer.world_size > 1:
             parts = {k: _gather_uneven(t) for k, t in parts.items()}
+        if not len(parts["index"]):
+            return None
         parts = {k: t.cpu().numpy() for k, t in parts.items()}
         # DistributedSampler pads ranks with repeated locations: count each location once.
         _, first = np.unique(parts["index"], return_index=True)
@@ -311,6 +346,31 @@ class _all_trainable:
     def __exit__(self, *exc) -> None:
         for p, flag in zip(self.params, self.flags, strict=True):
             p.requires_grad_(flag)
+
+
+# What each evaluation batch keeps per location: its value and dtype (the same on every rank,
+# as the gather across ranks needs). The guesses are float64 already (heads.to_projected).
+OUTPUTS = {
+    "xy": (lambda guess, batch: guess["xy"], torch.float64),
+    "latlon": (lambda guess, batch: batch["latlon"], torch.float64),
+    "index": (lambda guess, batch: batch["index"], torch.int64),
+    "radius50": (lambda guess, batch: guess["radius50"], torch.float64),
+    "radius90": (lambda guess, batch: guess["radius90"], torch.float64),
+    "novelty": (lambda guess, batch: guess["novelty"], torch.float64),
+}
+# Each output's shape after its location axis.
+OUTPUT_SHAPES = {
+    "xy": (2,),
+    "latlon": (2,),
+    "index": (),
+    "radius50": (),
+    "radius90": (),
+    "novelty": (),
+}
+
+
+def _output_shapes() -> list[tuple[str, tuple, torch.dtype]]:
+    return [(key, OUTPUT_SHAPES[key], dtype) for key, (_, dtype) in OUTPUTS.items()]
 
 
 def _gather_uneven(tensor: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ from geoguess.models.heads import build_head, no_autocast
 from geoguess.models.spec import BackboneSpec, NetworkSpec
 
 NORMALIZE = ("auto", "pretrained", "dataset")
+# model.inference_block=null by device type: a GPU is kept busier by larger blocks, while the
+# CPU keeps the blocks its results (and cached features) were made with.
+INFERENCE_BLOCKS = {"cpu": BATCH_LOCATIONS, "cuda": 64}
 
 
 class GeoNetwork(nn.Module):
@@ -77,7 +80,8 @@ class GeoNetwork(nn.Module):
         # Nothing is kept for a backward pass (evaluation, a frozen backbone): the feature
         # cache's blocks of locations, one pass each, which bounds the activations' memory of a
         # large test batch with TTA and gives the same bits as the cached features.
-        return torch.cat([self._encode(block) for block in images.split(BATCH_LOCATIONS)])
+        block = self.inference_block()
+        return torch.cat([self._encode(part) for part in images.split(block)])
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         b, v = images.shape[:2]
@@ -108,11 +112,20 @@ class GeoNetwork(nn.Module):
             return (device or self.device).type == "cuda"
         return bool(self.spec.channels_last)
 
+    def inference_block(self, device: torch.device | None = None) -> int:
+        """Locations per no-gradient backbone pass (`model.inference_block`); null: by the
+        type of `device` (else the network's)."""
+        if self.spec.inference_block is not None:
+            return self.spec.inference_block
+        return INFERENCE_BLOCKS.get((device or self.device).type, BATCH_LOCATIONS)
+
     def feature_variant(self) -> str:
         """What besides its weights changes the bits of the backbone's features, as a key
         suffix ("" for the defaults, so that caches built before keep their keys)."""
         precision = self.spec.frozen_precision
         variant = f":{precision}" if precision != "32" else ""
+        block = self.inference_block()
+        variant += f":block{block}" if block != BATCH_LOCATIONS else ""
         return variant + (":channels_last" if self.uses_channels_last() else "")
 
     def set_backbone_layout(self, device: torch.device | None = None) -> None:

@@ -135,14 +135,21 @@ class NetworkSpec:
     head: HeadSpec
     input_mean: tuple[float, ...]
     input_std: tuple[float, ...]
-    # Both change the backbone's numbers a little: prediction runs as the test did.
+    # These change the backbone's numbers a little: prediction runs as the test did.
     frozen_precision: str
     channels_last: bool | None
+    # Locations per backbone pass without gradients; null: by device (network.py). The one
+    # field with a default here: a spec written before it existed reads as null, which on the
+    # CPU is the 16 it ran (on CUDA its passes then take larger blocks: last bits only), so
+    # that such a checkpoint resumes under today's default.
+    inference_block: int | None = None
 
     def __post_init__(self) -> None:
         _check(self, "model")
         _one_of("model.fusion", self.fusion, tuple(FUSIONS))
         _one_of("model.frozen_precision", self.frozen_precision, FROZEN_PRECISIONS)
+        if self.inference_block is not None and self.inference_block < 1:
+            raise SpecError(f"model.inference_block={self.inference_block} must be >= 1, or null")
         if self.hidden < 0 or not 0.0 <= self.dropout < 1.0:
             raise SpecError(
                 f"model.hidden={self.hidden} must be >= 0 and model.dropout={self.dropout} "
@@ -229,6 +236,7 @@ class ModelSettings:
     normalize: str
     channels_last: bool | None
     frozen_precision: str
+    inference_block: int | None
     compile: bool
     check_finite_every: int
     feature_cache: bool
@@ -254,6 +262,7 @@ class ModelSettings:
             input_std=tuple(std),
             frozen_precision=self.frozen_precision,
             channels_last=self.channels_last,
+            inference_block=self.inference_block,
         )
 
     def inference_spec(self, tta: str) -> InferenceSpec:

@@ -42,14 +42,27 @@ class BackboneUnfreeze(BaseFinetuning):
         """Whether no stage trains in the first epoch (its features can then be cached)."""
         return self.trainable_stages(0, 1) == 0
 
+    def same_every_epoch(self, max_epochs: int | None) -> bool:
+        """Whether the same stages train in every epoch of a run of `max_epochs` (counted for
+        a backbone of many stages: for fewer the answer can only be too cautious)."""
+        epochs = max_epochs if max_epochs is not None and max_epochs > 0 else MANY
+        return len({self.trainable_stages(epoch, MANY) for epoch in range(epochs)}) == 1
+
     # BaseFinetuning freezes in `setup`, before DDP wraps the model; DDP would then never
     # synchronise the gradients of parameters unfrozen later. Freezing is done at every epoch
-    # start instead (`finetune_function`), on the wrapped model.
+    # start instead (`finetune_function`), on the wrapped model — and here too when nothing is
+    # unfrozen later: DDP then leaves the frozen parameters out altogether.
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
-        pass
+        trainer = pl_module._trainer
+        if self.same_every_epoch(trainer.max_epochs if trainer is not None else None):
+            apply_schedule(pl_module.backbone, self.trainable_stages(0, num_stages(pl_module)))
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
         apply_schedule(pl_module.backbone, self.trainable_stages(epoch, num_stages(pl_module)))
+
+
+# Epochs (or stages) beyond any run's (or backbone's) count.
+MANY = 1000
 
 
 class Never(BackboneUnfreeze):
