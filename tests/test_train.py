@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -159,8 +158,8 @@ def _fit_with_probe(cfg, run_dir: Path, epochs: int) -> tuple[list[dict], dict, 
     import lightning as L
     from hydra.utils import instantiate
 
-    from geoguess.models.backbones import stage_parameters
     from geoguess.builders import build_module as build_model
+    from geoguess.models.backbones import stage_parameters
 
     L.seed_everything(0)
     dm = instantiate(cfg.data, _partial_=True)(

@@ -1,10 +1,6 @@
 """Lightning data modules: a dataset on disk (`data=folder`) and the generated one
-(`data=synthetic`, `geoguess.synthetic.datamodule`) share `FolderDataModule`'s validation, splits,
-train-only fitting and loaders.
-
-See docs/data-interface.md for the interface the training code relies on and docs/data.md for
-the user's side (format, settings, cache).
-"""
+(`data=synthetic`) share `FolderDataModule`'s validation, splits, train-only fitting and loaders
+(docs/data-interface.md: what training relies on; docs/data.md: the user's side)."""
 
 from __future__ import annotations
 
@@ -36,6 +32,7 @@ from geoguess.data.split import (
 from geoguess.data.targets import TargetSpace
 from geoguess.data.validation import ValidationReport, validate_dataset
 from geoguess.geo import ClassGrid, Country
+from geoguess.runs import global_rank
 from geoguess.utils.io import write_csv_atomic
 
 FEW_LOCATIONS = 10  # below this a split's mean error is mostly noise
@@ -384,8 +381,6 @@ class GeoDataModule(L.LightningDataModule):
         return batch_loader(dataset, sampler, self.batch_size, num_workers=workers)
 
     def _is_global_zero(self) -> bool:
-        from geoguess.runs import global_rank
-
         trainer = getattr(self, "trainer", None)
         return trainer.is_global_zero if trainer is not None else global_rank() == 0
 
