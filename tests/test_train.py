@@ -44,8 +44,8 @@ def check_run_outputs(run: Path, results: dict) -> None:
     # approx compares flat mappings: the split sizes (a nested mapping) exactly, on their own.
     assert on_disk.pop("split_sizes") == results["split_sizes"]
     assert on_disk == pytest.approx({k: v for k, v in results.items() if k != "split_sizes"})
-    sizes = results["split_sizes"]
-    assert sizes["test"] == len(pd.read_csv(run / "predictions_test.csv"))
+    # (trainer.limit_test_batches may test fewer than the split holds)
+    assert results["split_sizes"]["test"] >= len(pd.read_csv(run / "predictions_test.csv")) > 0
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert Path(results["best_checkpoint"]).parent == run / "checkpoints"
     frame = pd.read_csv(run / "predictions_test.csv")
