@@ -1,0 +1,99 @@
+"""Shared by the server's tests: one tiny trained run per session, a folder of runs to serve,
+and a real uvicorn server on loopback that stops by itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.cli import command_env
+from tests.train_helpers import FAST, dataset, folder_data, run_training
+
+# The tiny run's location under the session's base temp folder; trained once per session.
+RUN_NAME = "tiny-run"
+
+
+def trained_run(base: Path) -> Path:
+    """A tiny finished run (`results.json` ok, `checkpoints/best-*.ckpt`) under `base`."""
+    run = Path(base) / "serve-runs" / RUN_NAME
+    if not (run / "results.json").exists():
+        root = dataset(Path(base), num_locations=80, image_size=32)
+        run_training([*FAST, *folder_data(root)], run)
+    return run
+
+
+def models_dir(base: Path) -> Path:
+    """A folder of runs: the tiny run, a nested copy of it, a failed run and an unfinished one."""
+    folder = Path(base) / "serve-models"
+    if folder.exists():
+        return folder
+    run = trained_run(base)
+    shutil.copytree(run, folder / RUN_NAME)
+    shutil.copytree(run, folder / "sweep" / "0")
+    failed = folder / "failed-run"
+    (failed / "checkpoints").mkdir(parents=True)
+    (failed / "results.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    shutil.copy(next((run / "checkpoints").glob("best-*.ckpt")), failed / "checkpoints")
+    (folder / "unfinished" / "checkpoints").mkdir(parents=True)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(models: Path, cwd: Path, *overrides: str, timeout: float = 180):
+    """`python -m geoguess.serve` on a free loopback port until the block ends (killed at the
+    latest after `timeout` seconds of start-up); yields (base URL, process)."""
+    port = free_port()
+    args = [f"serve.models_dir={models}", f"serve.port={port}", *overrides]
+    log = open(Path(cwd) / f"server-{port}.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geoguess.serve", *args],
+        cwd=cwd,
+        env=command_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited: {Path(log.name).read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no healthy server after {timeout} s")
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def views_of(folder: Path) -> dict[str, tuple[str, bytes, str]]:
+    """The four views of one location folder as multipart file fields."""
+    return {
+        h: (f"{h}.jpg", (folder / f"{h}.jpg").read_bytes(), "image/jpeg")
+        for h in ("0", "90", "180", "270")
+    }
