@@ -178,3 +178,106 @@ def offline_rate(checkpoint: Path, views: Path, batch: int, repeats: int = 3) ->
         predictor.predict(torch.from_numpy(np.stack(images)))
         rates.append(batch / (time.perf_counter() - start))
     return float(np.median(rates))
+
+
+# The `serve` section's settings: `bench.serve_<key>` when the bench has it, else these.
+BENCH_DEFAULTS = {
+    "backbones": ["tiny", "efficientnet_lite0"],
+    "image_size": 224,
+    "clients": [1, 8, 32],
+    # Requests per client count (each run also stops after max_seconds).
+    "requests": 500,
+    "max_seconds": 120,
+    # Requests between the two RSS readings of rss_growth.
+    "rss_requests": 5000,
+    "rss_clients": 8,
+    "max_batch": 32,
+    "max_wait_ms": 5,
+    # The backbone whose 32-client throughput is measured with batching on and off (null: the last).
+    "batching_backbone": None,
+    "train_locations": 60,
+}
+
+
+def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Path:
+    """A finished run of `backbone` at `image_size` px: a few training steps on generated
+    data (the bench times serving, not accuracy). Returns the folder holding it."""
+    from geoguess.data.synthetic import generate
+
+    data = work / "serve-data"
+    if not (data / "data.csv").exists():
+        generate(data, num_locations=locations, seed=0, image_size=64, progress=False)
+    models = work / "serve-runs"
+    run = models / backbone
+    if (run / "results.json").exists():
+        return models
+    overrides = [
+        f"backbone={backbone}",
+        f"image.size={image_size}",
+        "data=folder",
+        f"data.root={data}",
+        "logger=none",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.augment=false",
+        "scheduler=none",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        f"hydra.run.dir={run}",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "geoguess.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"training the {backbone} run failed:\n{done.stderr[-3000:]}")
+    return models
+
+
+def bench(options: dict, work: Path, source: Path | None, progress=print) -> dict:
+    """{<backbone>: {<clients>: {p50_ms, p95_ms, p99_ms, requests_per_s, requests, errors},
+    rss_growth, offline_locations_per_s, saturation_ratio}, batching_speedup}."""
+    o = {**BENCH_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    views = write_views(work / "serve-views", source)
+    batching = {
+        "on": [f"serve.max_batch={o['max_batch']}", f"serve.max_wait_ms={o['max_wait_ms']}"]
+    }
+    batching["off"] = ["serve.max_batch=1"]
+    result: dict = {}
+    for backbone in o["backbones"]:
+        progress(f"serve: training a {backbone} run at {o['image_size']} px")
+        models = train_run(work, backbone, o["image_size"], o["train_locations"])
+        checkpoint = next((models / backbone / "checkpoints").glob("best-*.ckpt"))
+        measured: dict = {}
+        with server(models, *batching["on"]) as (url, pid):
+            for clients in o["clients"]:
+                progress(f"serve: {backbone}, {clients} clients")
+                measured[str(clients)] = drive(
+                    url, backbone, views, clients, o["requests"], o["max_seconds"]
+                )
+            progress(f"serve: {backbone}, RSS over {o['rss_requests']} requests")
+            drive(url, backbone, views, o["rss_clients"], 100, o["max_seconds"])  # warm-up
+            before = rss_bytes(pid)
+            drive(url, backbone, views, o["rss_clients"], o["rss_requests"], 10 * o["max_seconds"])
+            measured["rss_growth"] = rss_bytes(pid) / before - 1
+        measured["offline_locations_per_s"] = offline_rate(checkpoint, views, o["max_batch"])
+        most = str(max(o["clients"]))
+        measured["saturation_ratio"] = (
+            measured[most]["requests_per_s"] / measured["offline_locations_per_s"]
+        )
+        result[backbone] = measured
+    chosen = o["batching_backbone"] or o["backbones"][-1]
+    most = max(o["clients"])
+    with server(work / "serve-runs", *batching["off"]) as (url, _):
+        progress(f"serve: {chosen}, {most} clients, batching off")
+        off = drive(url, chosen, views, most, o["requests"], o["max_seconds"])
+    result["batching_speedup"] = result[chosen][str(most)]["requests_per_s"] / off["requests_per_s"]
+    result["batching_off"] = {str(most): off}
+    return result
