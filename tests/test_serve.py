@@ -238,3 +238,53 @@ def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_rows():
     unbatched, answers, expected = run_concurrently(max_batch=1)
     assert unbatched.batches == [1] * 12
     assert [a["latitude"].tolist() for a in answers] == [[float(i)] for i in expected]
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+BATCH_CASES = {
+    "not a zip": ({"file": ("a.zip", b"PK no zip", "application/zip")}, "not a zip archive"),
+    "no layout": ({"file": ("a.zip", zipped({"x.jpg": jpeg()}), "application/zip")}, "no images/"),
+    "a view missing": (
+        {"file": ("a.zip", zipped({f"images/a/{h}.jpg": jpeg() for h in (0, 90, 180)}), "x")},
+        "images/a/270.jpg is missing",
+    ),
+    "a broken view": (
+        {
+            "file": (
+                "a.zip",
+                zipped({f"images/a/{h}.jpg": jpeg() if h else b"oops" for h in (0, 90, 180, 270)}),
+                "application/zip",
+            )
+        },
+        "images/a/0.jpg: not an image",
+    ),
+    "wrong field": ({"zip": ("a.zip", zipped({}), "application/zip")}, "send exactly one field"),
+}
+
+
+@pytest.mark.parametrize("case", BATCH_CASES)
+def test_malformed_batch_uploads_are_refused_naming_the_file(client, case):
+    files, words = BATCH_CASES[case]
+    response = client.post(f"/models/{RUN_NAME}/predict-batch", files=files)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"] and response.json()["field"] == "file"
+
+
+def test_a_zip_over_the_location_limit_is_refused(models):
+    settings = Settings(models_dir=str(models), max_zip_locations=2)
+    members = {f"images/{u}/{h}.jpg": jpeg() for u in "abc" for h in (0, 90, 180, 270)}
+    with TestClient(create_app(settings)) as limited:
+        deadline = time.monotonic() + 120
+        while limited.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        files = {"file": ("a.zip", zipped(members), "application/zip")}
+        response = limited.post(f"/models/{RUN_NAME}/predict-batch", files=files)
+    assert response.status_code == 413 and "more than 2 locations" in response.json()["error"]
