@@ -173,8 +173,11 @@ def _check_upload(request: Request, max_bytes: int) -> None:
         raise RequestError("body", f"larger than {max_bytes} bytes", status=413)
 
 
-async def _form_files(request: Request, max_files: int, max_bytes: int) -> dict[str, bytes]:
-    """The uploaded files by field name, after checking the fields."""
+async def _form_files(
+    request: Request, max_files: int, max_bytes: int
+) -> tuple[list[str], dict[str, bytes]]:
+    """Every field's name as sent (repeats kept), and the uploaded files' bytes by name (at
+    most `max_bytes` + 1 of each: enough to tell that one is too large)."""
     form = await request.form(max_files=max_files, max_fields=max_files)
     try:
         names = [name for name, _ in form.multi_items()]
