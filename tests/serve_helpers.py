@@ -31,13 +31,15 @@ def trained_run(base: Path) -> Path:
 
 
 def models_dir(base: Path) -> Path:
-    """A folder of runs: the tiny run, a nested copy of it, a failed run and an unfinished one."""
+    """A folder of runs: the tiny run, a nested copy of it, a copy under a name that is not
+    plain, a failed run and an unfinished one."""
     folder = Path(base) / "serve-models"
     if folder.exists():
         return folder
     run = trained_run(base)
     shutil.copytree(run, folder / RUN_NAME)
     shutil.copytree(run, folder / "sweep" / "0")
+    shutil.copytree(run, folder / "not a plain name")  # finished, but its name is refused
     failed = folder / "failed-run"
     (failed / "checkpoints").mkdir(parents=True)
     (failed / "results.json").write_text(json.dumps({"status": "failed", "error": "boom"}))

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from geoguess.serve.app import Settings, create_app
 from geoguess.serve.batching import Batcher
 from tests.serve_helpers import RUN_NAME, models_dir, views_of
-from tests.train_helpers import composed
+from tests.train_helpers import composed, run_cli
 
 LOCATIONS = 3
 
@@ -288,3 +288,10 @@ def test_a_zip_over_the_location_limit_is_refused(models):
         files = {"file": ("a.zip", zipped(members), "application/zip")}
         response = limited.post(f"/models/{RUN_NAME}/predict-batch", files=files)
     assert response.status_code == 413 and "more than 2 locations" in response.json()["error"]
+
+
+def test_the_command_refuses_a_missing_models_folder_in_one_line(tmp_path):
+    done = run_cli("serve", [f"serve.models_dir={tmp_path / 'none'}"], cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: serve.models_dir={tmp_path / 'none'} is not a folder"
+    assert list(tmp_path.iterdir()) == []  # wrote nothing
