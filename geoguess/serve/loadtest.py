@@ -262,11 +262,13 @@ def bench(options: dict, work: Path, source: Path | None, progress=print) -> dic
                 measured[str(clients)] = drive(
                     url, backbone, views, clients, o["requests"], o["max_seconds"]
                 )
+                progress(f"serve: {backbone}, {clients} clients: {measured[str(clients)]}")
             progress(f"serve: {backbone}, RSS over {o['rss_requests']} requests")
             drive(url, backbone, views, o["rss_clients"], 100, o["max_seconds"])  # warm-up
             before = rss_bytes(pid)
             drive(url, backbone, views, o["rss_clients"], o["rss_requests"], 10 * o["max_seconds"])
             measured["rss_growth"] = rss_bytes(pid) / before - 1
+            progress(f"serve: {backbone}, RSS growth {measured['rss_growth']:.4f}")
         measured["offline_locations_per_s"] = offline_rate(checkpoint, views, o["max_batch"])
         most = str(max(o["clients"]))
         measured["saturation_ratio"] = (
