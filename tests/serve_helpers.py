@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
+from geoguess.serve.loadtest import server
 from tests.cli import command_env
 from tests.train_helpers import FAST, dataset, folder_data, run_training
 
@@ -48,49 +43,19 @@ def models_dir(base: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def live_server(models: Path, cwd: Path, *overrides: str, timeout: float = 180):
-    """`python -m geoguess.serve` on a free loopback port until the block ends (killed at the
-    latest after `timeout` seconds of start-up); yields (base URL, process)."""
-    port = free_port()
-    args = [f"serve.models_dir={models}", f"serve.port={port}", *overrides]
-    log = open(Path(cwd) / f"server-{port}.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "geoguess.serve", *args],
-        cwd=cwd,
+    """`python -m geoguess.serve` on a free loopback port until the block ends (start-up
+    bounded by `timeout` seconds); yields (base URL, pid)."""
+    with server(
+        models,
+        *overrides,
+        start_timeout=timeout,
+        log=Path(cwd) / "server.log",
         env=command_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited: {Path(log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no healthy server after {timeout} s")
-            time.sleep(0.5)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        cwd=cwd,
+    ) as (url, pid):
+        yield url, pid
 
 
 def views_of(folder: Path) -> dict[str, tuple[str, bytes, str]]:

@@ -96,8 +96,8 @@ def test_a_seeded_stream_of_malformed_requests_leaves_the_server_healthy(tmp_pat
     models = models_dir(tmp_path_factory.getbasetemp())
     rng = random.Random(SEED)
     statuses: Counter = Counter()
-    with live_server(models, tmp_path_factory.mktemp("fuzz")) as (url, process):
-        server = psutil.Process(process.pid)
+    with live_server(models, tmp_path_factory.mktemp("fuzz")) as (url, pid):
+        server = psutil.Process(pid)
         with httpx.Client(base_url=url, timeout=30) as client:
             for i in range(REQUESTS):
                 if i == WARM_UP:

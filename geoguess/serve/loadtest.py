@@ -29,7 +29,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(models_dir: Path, *overrides: str, start_timeout: float = 300, log: Path | None = None):
+def server(
+    models_dir: Path,
+    *overrides: str,
+    start_timeout: float = 300,
+    log: Path | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+):
     """`python -m geoguess.serve` on a free loopback port until the block ends; yields (url,
     pid). Refuses to wait longer than `start_timeout` for `/health`."""
     import httpx
@@ -48,6 +55,8 @@ def server(models_dir: Path, *overrides: str, start_timeout: float = 300, log: P
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
         )
         url = f"http://127.0.0.1:{port}"
         try:
