@@ -169,7 +169,7 @@ def offline_rate(checkpoint: Path, views: Path, batch: int, repeats: int = 3) ->
     import torch
 
     from geoguess.data.cache import decode_image
-    from geoguess.serve._predictor_shim import Predictor
+    from geoguess.serve.models import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
     paths = [views / f"{h}.jpg" for h in HEADINGS]

@@ -20,6 +20,7 @@ import yaml
 
 from geoguess.errors import GeoguessError
 from geoguess.runs import CHECKPOINT_DIR, RESULTS_FILE
+from geoguess.serve._predictor_shim import Predictor  # the one import of the predictor
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def load_all(
     refine: str | None = None,
 ) -> None:
     """Load each model's predictor once; a run that cannot be loaded is dropped, saying why."""
-    from geoguess.serve._predictor_shim import Predictor
-
     for name in list(models):
         try:
             models[name].predictor = Predictor.from_checkpoint(
