@@ -5,7 +5,7 @@ PYTHON ?= python3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format train smoke bench clean
+.PHONY: help install test test-slow lint format train smoke bench serve clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ smoke: $(VENV)/.installed ## A two-minute training run on tiny settings
 
 bench: $(VENV)/.installed ## Measure loader, cache, training-step and metric speed into bench.json (ARGS= for overrides)
 	$(PY) -m geoguess.bench $(ARGS)
+
+serve: $(VENV)/.installed ## Serve the finished runs of outputs/ over HTTP with a map page, on 127.0.0.1:8000 (ARGS= for overrides)
+	$(PY) -m geoguess.serve $(ARGS)
 
 clean: ## Remove caches and build artefacts (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

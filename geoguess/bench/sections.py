@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from geoguess.bench import cache, cold, feature_cache, loader, metric, stats, train_step
+from geoguess.bench import cache, cold, feature_cache, loader, metric, serve, stats, train_step
 from geoguess.bench.config import BenchConfig, BenchSettings
 from geoguess.bench.machine import describe_device, describe_machine
 from geoguess.bench.report import extrapolate
@@ -26,6 +26,9 @@ SECTIONS: dict[str, Callable[[BenchConfig], dict]] = {
     "train_step": train_step.run,
     "feature_cache": feature_cache.run,
     "metric": metric.run,
+    # Trains two models and loads a real server for minutes: asked for by name
+    # (bench.sections=[serve]), not among conf/bench.yaml's default sections.
+    "serve": serve.run,
 }
 # Where a section's dict goes in bench.json when not under its own name.
 PLACES: dict[str, tuple[str, ...]] = {"cold": ("loader", "cold")}

@@ -1,0 +1,1 @@
+"""Serving trained runs over HTTP: `python -m geoguess.serve` (see docs/serve.md)."""

@@ -1,0 +1,67 @@
+"""`python -m geoguess.serve`: the runs under `serve.models_dir` behind an HTTP API and a map
+page, with uvicorn (conf/serve.yaml; docs/serve.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from geoguess.errors import GeoguessError
+from geoguess.utils.cli import CONFIG_PATH, user_errors
+
+SETTINGS_ENV = "GEOGUESS_SERVE_SETTINGS"
+
+
+@hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="serve")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def settings_of(cfg: DictConfig):
+    """`Settings` from `cfg.serve` (host, port and workers are uvicorn's)."""
+    from geoguess.serve.app import Settings
+
+    values = OmegaConf.to_container(cfg.serve, resolve=True)
+    for key in ("host", "port", "workers"):
+        values.pop(key, None)
+    unknown = sorted(set(values) - set(Settings.__dataclass_fields__))
+    if unknown:
+        raise GeoguessError(f"serve.{unknown[0]} is not a setting of the server")
+    if values.get("device") == "auto":
+        import torch
+
+        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return Settings(**values)
+
+
+def app_from_env():
+    """The app of each worker process when `serve.workers` > 1 (uvicorn imports it by name)."""
+    from geoguess.serve.app import Settings, create_app
+
+    return create_app(Settings(**json.loads(os.environ[SETTINGS_ENV])))
+
+
+def run(cfg: DictConfig) -> None:
+    import uvicorn
+
+    from geoguess.serve.app import create_app
+
+    settings = settings_of(cfg)
+    workers = int(cfg.serve.workers)
+    if workers < 1:
+        raise GeoguessError(f"serve.workers={workers}: at least 1")
+    common = {"host": cfg.serve.host, "port": int(cfg.serve.port), "log_level": "info"}
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    create_app(settings)  # refuses a bad models_dir here, before the workers start
+    os.environ[SETTINGS_ENV] = json.dumps(settings.as_dict())
+    uvicorn.run("geoguess.serve.__main__:app_from_env", factory=True, workers=workers, **common)
+
+
+if __name__ == "__main__":
+    main()
