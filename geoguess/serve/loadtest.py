@@ -168,7 +168,7 @@ def offline_rate(checkpoint: Path, views: Path, batch: int, repeats: int = 3) ->
     server decodes them (the decoding is timed too: the server does it per request)."""
     import torch
 
-    from geoguess.data.cache import decode_image
+    from geoguess.data.decode import decode_image
     from geoguess.serve.models import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)

@@ -1,6 +1,6 @@
 """Uploaded views as the model reads them, or a `RequestError` naming the field and why.
 
-Every view is decoded and resized by `geoguess.data.cache.decode_image`, the function
+Every view is decoded and resized by `geoguess.data.decode.decode_image`, the function
 `python -m geoguess.predict` decodes files with, so that a view uploaded here gives the
 prediction the same file gives there. Its pixel count is read from the header and bounded
 before any pixel is decoded (a small file may declare a huge image).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from geoguess.data.cache import decode_image, describe_failure
+from geoguess.data.decode import decode_image, describe_failure
 from geoguess.data.io import HEADINGS, is_plain_name
 
 FIELDS = tuple(str(h) for h in HEADINGS)
