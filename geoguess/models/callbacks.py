@@ -14,6 +14,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from geoguess.lightning_version import check_lightning
+
+check_lightning()
+
 log = logging.getLogger("geoguess.train")
 
 
