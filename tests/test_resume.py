@@ -197,3 +197,22 @@ def test_a_resumed_run_takes_every_epoch_scheduler_step(scheduler, data_root, tm
     assert epoch_losses(tmp_path / "cut") == epoch_losses(tmp_path / "whole")
     # The schedule did move (on plateau: at least one cut), so that the comparison means something.
     assert len(set(learning_rates(tmp_path / "whole"))) > 1
+
+
+def test_a_run_stopped_in_its_first_epoch_starts_again_in_its_folder(data_root, tmp_path):
+    """Before the first epoch's end there is no last.ckpt: `ckpt_path=last` runs it anew there
+    (and, every epoch's randomness being the seed's, to the same weights)."""
+    from geoguess.errors import GeoguessError
+    from tests.stop_callback import raise_keyboard_interrupt_at
+
+    args = [*HARD, *folder_data(data_root), "scheduler=cosine", "trainer.max_epochs=2"]
+    run_training(args, tmp_path / "whole")
+    with pytest.raises(GeoguessError, match="interrupted; resume with"):
+        run_training([*args, raise_keyboard_interrupt_at(epoch=0, batch=2)], tmp_path / "cut")
+    assert not (tmp_path / "cut" / "checkpoints" / "last.ckpt").exists()
+    results = run_training([*args, "ckpt_path=last"], tmp_path / "cut")
+    assert results["status"] == "ok" and (tmp_path / "cut" / ".hydra" / "resume-1").is_dir()
+    assert_same_weights(
+        last_checkpoint(tmp_path / "whole")["state_dict"],
+        last_checkpoint(tmp_path / "cut")["state_dict"],
+    )
