@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geoguess import runs
 from geoguess.errors import GeoguessError
-from geoguess.models.callbacks import EpochLog, EpochSeed
+from geoguess.models.callbacks import EpochLog, EpochSeed, PlateauStepOnResume
 from geoguess.models.feature_cache import FeatureCacheCallback
 from geoguess.models.inference_extras import InferenceExtrasCallback
 from geoguess.models.module import MONITOR, GeoguessModule
@@ -96,7 +96,8 @@ def build_callbacks(
 ) -> list:
     """The `callbacks` group (every entry with a `_target_`, user additions included), the
     unfreeze schedule, the feature cache (while the backbone is frozen from the start and the
-    images are not augmented), the inference extras, per-epoch seeding and the log line."""
+    images are not augmented), the inference extras, per-epoch seeding, the plateau step a
+    resumed run misses, and the log line."""
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
@@ -114,7 +115,8 @@ def build_callbacks(
         and not cfg.data.get("augment", False)
     )
     extras = InferenceExtrasCallback()
-    return [*callbacks, unfreeze, cache, extras, EpochSeed(cfg.seed), EpochLog()]
+    bookkeeping = [EpochSeed(cfg.seed), PlateauStepOnResume(), EpochLog()]
+    return [*callbacks, unfreeze, cache, extras, *bookkeeping]
 
 
 def progress_bar(cfg: DictConfig, callbacks: list) -> bool:

@@ -212,6 +212,11 @@ def claim_for_training(cfg, out: Path, ckpt_path: str | None) -> Path | None:
         )
     if ckpt_path == "last":
         last = last_checkpoint(out)
+        if not last.is_file() and (out / RECORD_DIR / "config.yaml").exists():
+            # Stopped before its first epoch ended (the first last.ckpt): start it again here.
+            log.info("%s has no checkpoint yet: starting its run again", out)
+            write_record(out, cfg, resume=True)
+            return None
         if not last.is_file():
             raise RunFolderError(
                 f"ckpt_path=last: there is no {last}; to resume an interrupted run, pass its "

@@ -234,11 +234,37 @@ class PrefetchingLoader(DataLoader):
     reading of the next batch in turn: a background thread reads the next batch meanwhile
     (the memory-map copy releases the GIL). The order of batches is the sampler's, unchanged.
     With worker processes it is a plain `DataLoader`.
+
+    Its iterators start at their first batch, not when made: Lightning makes the training
+    iterator before an epoch begins (`FitLoop.setup_data`, and on a resumed run that one serves
+    the first epoch), before it calls the sampler's `set_epoch` and before the epoch's seeding
+    (`EpochSeed`). Started then, a resumed epoch read epoch 0's order (the thread's and the
+    workers' first draws from the sampler) and took the iterator's base seed from the global
+    torch generator before the seeding instead of after it, as the uninterrupted run does.
     """
 
     def __iter__(self):
+        return _StartsAtFirstBatch(self._start)
+
+    def _start(self):
         iterator = super().__iter__()
         return iterator if self.num_workers > 0 else _ReadAhead(iterator)
+
+
+class _StartsAtFirstBatch:
+    """An iterator made by `start()` at the first `next()`."""
+
+    def __init__(self, start) -> None:
+        self._start = start
+        self._iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
 
 
 class _ReadAhead:

@@ -1,5 +1,5 @@
-"""The training run's own callbacks: `last.ckpt` at consistent points, per-epoch seeding, the
-per-epoch log line, and a progress bar only where someone watches it."""
+"""The training run's own callbacks: the plateau step a resumed run misses, per-epoch seeding,
+the per-epoch log line, and a progress bar only where someone watches it."""
 
 from __future__ import annotations
 
@@ -8,72 +8,61 @@ import logging
 import random
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from geoguess.lightning_version import check_lightning
+
+check_lightning()
+
 log = logging.getLogger("geoguess.train")
 
-LAST = "last.ckpt"
 
+class PlateauStepOnResume(Callback):
+    """The plateau schedulers' step that a run resumed from an epoch-end checkpoint misses.
 
-class LastCheckpoint(Callback):
-    """`checkpoints/last.ckpt` at the start of every epoch and at the end of training.
-
-    At an epoch's start the previous epoch is complete, its learning-rate schedulers stepped
-    included. Lightning's own `save_last` writes at the epoch's end, before an epoch-stepped
-    scheduler moves, and a run resumed from there skips that step: its learning rates, and so
-    its results, then differ from the uninterrupted run's.
+    Lightning steps an epoch-interval `ReduceLROnPlateau` after every `on_train_epoch_end`
+    hook, so after `ModelCheckpoint` saved that epoch (`checkpoints/last.ckpt` included), and a
+    run resumed from that checkpoint does not take the step (the monitored value is not in it).
+    Its plateau scheduler would then judge the next epochs against a stale best. This keeps the
+    values those steps need in the checkpoint, and takes the steps when a run resumes.
     """
 
-    def __init__(self, dirpath: str | Path, filename: str = LAST) -> None:
-        self.path = Path(dirpath) / filename
-        self._at_epoch_start = False
+    def __init__(self) -> None:
+        # Scheduler index -> the monitored value of the step Lightning takes after this
+        # epoch's end hooks: saved with an epoch-end checkpoint, done once that step is taken.
+        self.pending: dict[int, float] = {}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._at_epoch_start = True
-        try:
-            trainer.save_checkpoint(self.path, weights_only=False)
-        finally:
-            self._at_epoch_start = False
+        self.pending = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not a monitoring callback: Lightning runs this before ModelCheckpoint saves.
+        self.pending = {}
+        for index, config in enumerate(trainer.lr_scheduler_configs):
+            due = (trainer.current_epoch + 1) % config.frequency == 0
+            if config.reduce_on_plateau and config.interval == "epoch" and due:
+                value = trainer.callback_metrics.get(config.monitor)
+                if value is not None:
+                    self.pending[index] = float(value)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        configs = trainer.lr_scheduler_configs
+        for index, value in self.pending.items():
+            pl_module.lr_scheduler_step(configs[index].scheduler, value)
+        self.pending = {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)
+        self.pending = {}
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if self._at_epoch_start:
-            epoch_start_progress(checkpoint["loops"]["fit_loop"])
+    def state_dict(self) -> dict:
+        return {"pending": dict(self.pending)}
 
-
-def epoch_start_progress(fit_loop: dict) -> None:
-    """The fit loop's saved state as it is between two epochs: the previous one complete, the
-    next one not begun.
-
-    At `on_train_epoch_start` the new epoch already counts as "ready" and the epoch loop still
-    holds the previous epoch's batch counters (reset a moment later). Saved as they are, a
-    resumed run takes the new epoch for one interrupted at its start: it skips its batches, or
-    (Lightning's rule for restarted epochs) the plateau scheduler's step at its end.
-    """
-    for counters in fit_loop["epoch_progress"].values():
-        counters["ready"] = counters["started"]
-    for key, progress in fit_loop.items():
-        if key.startswith("epoch_loop.") and isinstance(progress, dict):
-            _zero_counters(progress, "current")
-        if key == "epoch_loop.val_loop.batch_progress":
-            _zero_counters(progress, "total")
-
-
-def _zero_counters(progress: dict, which: str) -> None:
-    for key, value in progress.items():
-        if key == which and isinstance(value, dict):
-            progress[key] = dict.fromkeys(value, 0)
-        elif key == "is_last_batch":
-            progress[key] = False
-        elif isinstance(value, dict):
-            _zero_counters(value, which)
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.pending = {int(k): float(v) for k, v in state_dict.get("pending", {}).items()}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -87,8 +87,6 @@ def wandb_logger(
         # W&B's own footer repeats the sync hint printed by `finish`.
         settings=_quiet_settings(),
     )
-    # Lightning still passes wandb's retired `anonymous` setting, which makes wandb warn.
-    logger._wandb_init.pop("anonymous", None)
     # What train.py adds to the config it logs: the overrides beside the nested config (a group
     # override such as `data=folder` must not replace the `data` block with its name).
     logger.swept = {"overrides": _swept_values(overrides)} if overrides else {}
@@ -250,13 +248,14 @@ def finish(loggers) -> None:
     where an offline run lies and how to upload it."""
     from lightning.pytorch.loggers import WandbLogger
 
-    for logger in loggers or []:
-        if not isinstance(logger, WandbLogger) or logger._experiment is None:
-            continue
-        import wandb
+    if not any(isinstance(logger, WandbLogger) for logger in loggers or []):
+        return
+    import wandb
 
-        run = logger.experiment
-        offline = bool(getattr(run.settings, "_offline", False)) or run.settings.mode == "offline"
+    # The run the W&B logger started, if it started one (asking the logger would start it).
+    run = wandb.run
+    if run is not None:
+        offline = run.settings.mode in ("offline", "dryrun")
         folder = Path(run.dir).parent
         wandb.finish()
         if offline:
