@@ -247,7 +247,15 @@ class PrefetchingLoader(DataLoader):
         return _StartsAtFirstBatch(self._start)
 
     def _start(self):
-        iterator = super().__iter__()
+        epoch = getattr(getattr(self.sampler, "sampler", None), "epoch", None)
+        if epoch == 0:
+            # The first epoch's iterator was made before the epoch's seeding until its start was
+            # deferred, so its draw of a base seed from torch's generator did not advance the
+            # seeded stream: restored here, runs keep the numbers they had.
+            with torch.random.fork_rng(devices=[]):
+                iterator = super().__iter__()
+        else:
+            iterator = super().__iter__()
         return iterator if self.num_workers > 0 else _ReadAhead(iterator)
 
 
