@@ -222,7 +222,8 @@ def test_a_section_is_one_registry_entry(tmp_path, monkeypatch):
 
 def test_every_configured_section_is_registered():
     configured = OmegaConf.load(REPO_ROOT / "conf" / "bench.yaml").bench.sections
-    assert list(configured) and set(configured) == set(SECTIONS)
+    # Every section but serve (asked for by name: it trains models and loads a server).
+    assert list(configured) and set(configured) == set(SECTIONS) - {"serve"}
     for name, run in SECTIONS.items():
         assert run.__name__ == "run" and run.__module__ == f"geoguess.bench.{name}"
 

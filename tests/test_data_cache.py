@@ -359,7 +359,7 @@ def test_in_process_batches_are_read_one_ahead_in_a_thread_that_stops(tmp_path, 
     loader = dataset_mod.batch_loader(dataset, LocationShuffle(12, seed=2), batch_size=4)
     iterator = iter(loader)
     first = next(iterator)
-    thread = iterator._thread
+    thread = iterator._iterator._thread  # the read-ahead started at the first batch
     assert thread.is_alive() and thread.daemon
     # The batches are the sampler's, whatever thread read them.
     expected = dataset.read_batch(LocationShuffle(12, seed=2).rank_order(0)[:4])

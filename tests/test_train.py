@@ -129,8 +129,10 @@ def test_options_pairwise_train_for_real(
     if scheduler == "none":
         assert checkpoint["lr_schedulers"] == []
     else:  # stepped every epoch, or every batch (2 per epoch here) for onecycle
+        # last.ckpt is saved at the last epoch's end, before plateau's step on that epoch's
+        # validation (a resume takes that step: PlateauStepOnResume).
         steps = checkpoint["lr_schedulers"][0]["last_epoch"]
-        assert steps == (2 * 2 if scheduler == "onecycle" else 2)
+        assert steps == {"onecycle": 2 * 2, "plateau": 1}.get(scheduler, 2)
     lrs = pd.read_csv(next((tmp_path / "csv").glob("version_*/metrics.csv")))
     optimizer = "Adam" if "optimizer=adam" in extra else "AdamW"
     for part in ("head", "backbone"):

@@ -215,6 +215,7 @@ def _answer(name: str, rows: dict[str, np.ndarray], i: int = 0) -> dict:
         "radius50_km": _number(rows["radius50_km"][i]),
         "radius90_km": _number(rows["radius90_km"][i]),
         "snapped": bool(rows["snapped"][i]),
+        "novelty": _number(rows["novelty"][i]) if "novelty" in rows else None,
         "top_cells": cells,
     }
 
@@ -228,6 +229,8 @@ def _csv(uuids: list[str], rows: dict[str, np.ndarray]) -> str:
     )
     if np.isfinite(rows["radius50_km"]).any():
         frame["radius50_km"], frame["radius90_km"] = rows["radius50_km"], rows["radius90_km"]
+    if "novelty" in rows and np.isfinite(rows["novelty"]).all():
+        frame["novelty"] = rows["novelty"]
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     return buffer.getvalue()

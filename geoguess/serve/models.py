@@ -76,7 +76,7 @@ def _served(run: Path, name: str, results_path: Path) -> ServedModel | None:
     info = {
         "name": name,
         "backbone": _select(config, "backbone", "name"),
-        "head": _head_kind(_select(config, "head", "_target_")),
+        "head": _select(config, "head", "kind") or _head_kind(_select(config, "head", "_target_")),
         "image_size": _select(config, "image", "size"),
         "classes": results.get("num_classes"),
         "test_km": results.get("test_haversine_km"),
@@ -102,6 +102,7 @@ def _select(config: dict, *keys: str):
 
 
 def _head_kind(target) -> str | None:
+    """The head's kind in a run from before `head.kind` (its `_target_` named the class)."""
     if not isinstance(target, str):
         return None
     cls = target.rsplit(".", 1)[-1]
