@@ -99,7 +99,6 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
     with runs.refusing_resume(resume):
         checkpoint = ckpt.read_checkpoint(resume) if resume is not None else None
         if checkpoint is not None:
-            ckpt.check_fit_settings(checkpoint, cfg)
             ckpt.check_training_settings(checkpoint, cfg)
     build.quiet_lightning()
     seed_everything(cfg.seed, workers=True, verbose=False)
@@ -117,6 +116,9 @@ def train(cfg: DictConfig, out: str | Path, resume: Path | None = None) -> dict:
         seed=cfg.seed,
         fitted=ckpt.fitted_of(checkpoint) if checkpoint is not None else None,
     )
+    if checkpoint is not None:
+        with runs.refusing_resume(resume):
+            ckpt.check_fit_settings(checkpoint, cfg, datamodule)
     # Data preparation (generation, validation, the image cache) on rank 0 alone; the other
     # ranks of a distributed run wait for it, then read what it made.
     if runs.global_rank() == 0:

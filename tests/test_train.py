@@ -394,7 +394,7 @@ def test_checkpoints_from_other_settings_and_damaged_ones_are_clear_errors(data_
     last = source / "checkpoints" / "last.ckpt"
     with pytest.raises(GeoguessError) as error:
         run_training([*base[:-1], "grid.spacing=0.8", f"ckpt_path={last}"], tmp_path / "a")
-    assert "grid: {" in str(error.value) and "'spacing': 0.3" in str(error.value)
+    assert "grid.spacing: 0.3 in the checkpoint, 0.8 now" in str(error.value)
     with pytest.raises(GeoguessError, match="model.fusion|fusion: 'concat' in the checkpoint"):
         run_training([*base, "model.fusion=mean", f"ckpt_path={last}"], tmp_path / "b")
     damaged = tmp_path / "damaged.ckpt"

@@ -18,7 +18,7 @@ from geoguess.data import stats as stats_mod
 from geoguess.data.augment import BatchAugment
 from geoguess.data.cache import stats_path
 from geoguess.data.dataset import BatchReader, GeoguesserDataset, batch_loader
-from geoguess.data.fitted import FittedData
+from geoguess.data.fitted import FittedData, fit_settings
 from geoguess.data.io import DataError, as_roots
 from geoguess.data.sampler import BlockShuffle, LocationShuffle, should_block_shuffle
 from geoguess.data.split import (
@@ -294,10 +294,7 @@ class GeoDataModule(L.LightningDataModule):
         return {
             "dataset_key": report.key,
             "roots": [str(r) for r in self.roots],
-            "split": list(self.ratios),
-            "split_by": self.split_by,
-            "spatial_gap_km": self.spatial_gap_km,
-            "fraction": self.fraction,
+            "fit_settings": fit_settings(self),
             "counts": {name: len(frame) for name, frame in self.splits.items()},
             "invalid": report.n_invalid_rows,
         }

@@ -66,3 +66,30 @@ class FittedData:
     @classmethod
     def load(cls, path: str | Path) -> FittedData:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def fit_settings(datamodule) -> dict:
+    """The settings a data module fits the training split under: how the split is drawn, the
+    grid's settings (its factory's), the country's boundary and CRS, the image size."""
+    grid = datamodule.grid_factory
+    return {
+        "split": [float(r) for r in datamodule.ratios],
+        "split_by": datamodule.split_by,
+        "spatial_gap_km": datamodule.spatial_gap_km,
+        "spatial_block_km": datamodule.spatial_block_km,
+        "fraction": datamodule.fraction,
+        "grid": {
+            "kind": getattr(getattr(grid, "func", grid), "__name__", str(grid)),
+            **{k: _plain(v) for k, v in getattr(grid, "keywords", {}).items()},
+        },
+        "country": {"boundary": datamodule.country.boundary, "crs": datamodule.country.crs},
+        "image_size": datamodule.image_size,
+    }
+
+
+def _plain(value):
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from geoguess.data.fitted import FittedData
+from geoguess.data.fitted import FittedData, fit_settings
 from geoguess.errors import GeoguessError
 from geoguess.models.network import GeoNetwork
 from geoguess.models.refinement import load_extras
@@ -30,9 +30,9 @@ from geoguess.models.spec import (
 )
 from geoguess.utils.io import atomic_write
 
-# Settings that decide what is fitted on the training split (classes, normalisation, image
-# statistics): a checkpoint's fit is only reused under the same settings.
-FIT_KEYS = (
+# Format 2 recorded the settings its fit depended on in its config only: these (a checkpoint
+# written since records them in its fitted data, `data.fitted.fit_settings`).
+FIT_KEYS_OF_FORMAT_2 = (
     "country.boundary",
     "country.crs",
     "grid",
@@ -172,9 +172,20 @@ def add_extras(path: str | Path, extras: dict) -> None:
     atomic_write(Path(path), write, overwrite=True)
 
 
-def check_fit_settings(checkpoint: dict, cfg) -> None:
-    """Refuse a checkpoint fitted under other data settings than `cfg` names, saying which."""
-    _refuse(_config_differences(checkpoint, cfg, FIT_KEYS), "fitted with other data settings")
+def check_fit_settings(checkpoint: dict, cfg, datamodule) -> None:
+    """Refuse a checkpoint fitted under other settings than the run's data module fits under
+    (the two descriptions compared), saying which."""
+    stored = fitted_of(checkpoint).info.get("fit_settings")
+    if stored is None:  # format 2
+        differences = _config_differences(checkpoint, cfg, FIT_KEYS_OF_FORMAT_2)
+    else:
+        now = fit_settings(datamodule)
+        differences = [
+            f"{key}: {then!r} in the checkpoint, {value!r} now"
+            for key, (then, value) in _flat_pairs(stored, now).items()
+            if then != value
+        ]
+    _refuse(differences, "fitted with other data settings")
 
 
 def check_training_settings(checkpoint: dict, cfg) -> None:
