@@ -46,6 +46,7 @@ def test_an_unsupported_lightning_is_refused_naming_the_range(version, monkeypat
     check_lightning()
 
 
+@pytest.mark.slow
 def test_importing_the_training_command_under_an_unsupported_lightning_fails_clearly(tmp_path):
     """At import of `geoguess.train` (through its callbacks), before any run starts."""
     code = "import lightning; lightning.__version__ = '2.7.0'; import geoguess.train"

@@ -66,6 +66,7 @@ def _rank_main(rank: int, store: Path, folder: Path, results) -> None:
         results.put((rank, traceback.format_exc()))
 
 
+@pytest.mark.slow
 def test_ranks_build_the_cache_one_process_would_even_when_one_is_slow(tmp_path):
     alone = Encoder()
     (tmp_path / "one").mkdir()

@@ -50,6 +50,7 @@ def test_refuses_at_once_without_nvidia_smi(name, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_refuses_at_once_when_torch_finds_no_gpu(name, tmp_path):
     """nvidia-smi lists a GPU, but torch cannot use one (no device, or a driver too old)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -98,6 +99,7 @@ def _rank_main(rank: int, store: Path, results) -> None:
         results.put((rank, traceback.format_exc()))
 
 
+@pytest.mark.slow
 def test_a_rank_without_locations_does_not_hang_the_others(tmp_path):
     context = multiprocessing.get_context("spawn")
     results = context.Queue()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.cli import run_module
 
 
@@ -12,6 +14,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+@pytest.mark.slow
 def test_refused_predict_validate_and_train_leave_nothing(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -39,6 +42,7 @@ def test_refused_predict_validate_and_train_leave_nothing(tmp_path):
     assert _files(work) == []
 
 
+@pytest.mark.slow
 def test_a_refusal_keeps_folders_it_did_not_make_and_files_it_names(tmp_path):
     mine = tmp_path / "mine"
     (mine / "notes").mkdir(parents=True)

@@ -171,6 +171,7 @@ def test_a_run_killed_in_its_third_epoch_resumes_bit_for_bit(data_root, tmp_path
     assert len({tuple(np.concatenate(sampler_batches(n, e))) for e in range(EPOCHS)}) == EPOCHS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
 def test_a_resumed_run_takes_every_epoch_scheduler_step(scheduler, data_root, tmp_path):
     """Lightning saves the epoch-end checkpoint before it steps a plateau scheduler and does
@@ -199,6 +200,7 @@ def test_a_resumed_run_takes_every_epoch_scheduler_step(scheduler, data_root, tm
     assert len(set(learning_rates(tmp_path / "whole"))) > 1
 
 
+@pytest.mark.slow
 def test_a_run_stopped_in_its_first_epoch_starts_again_in_its_folder(data_root, tmp_path):
     """Before the first epoch's end there is no last.ckpt: `ckpt_path=last` runs it anew there
     (and, every epoch's randomness being the seed's, to the same weights)."""

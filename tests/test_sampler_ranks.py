@@ -87,6 +87,7 @@ def _rank_main(rank: int, root: Path, cache_dir: Path, store: Path, results) -> 
         results.put((rank, "error", traceback.format_exc(), 0))
 
 
+@pytest.mark.slow
 def test_ranks_that_find_different_free_memory_still_partition_the_data(prepared, tmp_path):
     root, cache_dir = prepared
     context = multiprocessing.get_context("spawn")

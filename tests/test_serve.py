@@ -290,6 +290,7 @@ def test_a_zip_over_the_location_limit_is_refused(models):
     assert response.status_code == 413 and "more than 2 locations" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_the_command_refuses_a_missing_models_folder_in_one_line(tmp_path):
     done = run_cli("serve", [f"serve.models_dir={tmp_path / 'none'}"], cwd=tmp_path, timeout=120)
     assert done.returncode == 2

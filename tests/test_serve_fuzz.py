@@ -10,6 +10,7 @@ from collections import Counter
 
 import httpx
 import psutil
+import pytest
 
 from tests.serve_helpers import RUN_NAME, live_server, models_dir
 from tests.test_serve import jpeg, png_header
@@ -92,6 +93,7 @@ def malformed(rng: random.Random) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_seeded_stream_of_malformed_requests_leaves_the_server_healthy(tmp_path_factory):
     models = models_dir(tmp_path_factory.getbasetemp())
     rng = random.Random(SEED)

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_the_page_locates_four_real_views_on_the_map(real_sample, tmp_path_factory):
     from playwright.sync_api import expect, sync_playwright
 
