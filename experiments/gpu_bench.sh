@@ -12,14 +12,8 @@
 #   BATCH=128 experiments/gpu_bench.sh bench.repeats=5
 set -uo pipefail
 cd "$(dirname "$0")/.."
-refuse() { echo "gpu_bench: $*" >&2; exit 1; }
-command -v nvidia-smi > /dev/null || refuse "no usable CUDA GPU: nvidia-smi not found; nothing run"
-nvidia-smi -L > /dev/null 2>&1 || refuse "no usable CUDA GPU: nvidia-smi -L failed; nothing run"
-if [ -z "${PY:-}" ]; then
-  [ -x .venv/bin/python ] || make install > /dev/null || refuse "make install failed"
-  PY=.venv/bin/python
-fi
-WHY=$("$PY" experiments/gpu_probes.py check 2>&1) || refuse "${WHY:-the GPU check failed}; nothing run"
+NAME=gpu_bench
+source experiments/gpu_preflight.sh
 
 OUT=${OUT:-outputs/gpu_bench/$(date +%Y-%m-%d_%H-%M-%S)}
 mkdir -p "$OUT"
