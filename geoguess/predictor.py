@@ -16,6 +16,7 @@ import torch
 
 from geoguess.errors import GeoguessError
 from geoguess.geo import haversine_km
+from geoguess.models.checkpoint import load_network
 from geoguess.models.network import GeoNetwork
 from geoguess.models.refinement import QUANTILES, Retrieval, mirror_views, radius_scale
 from geoguess.models.spec import InferenceSpec
@@ -105,8 +106,6 @@ class Predictor:
     ) -> Predictor:
         """The predictor of a checkpoint, on `device`, with the TTA and refinement the run was
         tested with unless `tta` / `refine` say otherwise."""
-        from geoguess.models.checkpoint import load_network
-
         network, stored = load_network(path, device)
         inference = stored.inference.replace(tta=tta, refine=refine)
         extras = InferenceExtras.from_checkpoint(stored.extras, inference)

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from geoguess.lightning_version import check_lightning
+from geoguess.utils.cli import to_log_files
 
 check_lightning()
 
@@ -139,7 +140,7 @@ class EpochLog(Callback):
             return
         line = self.line(trainer, val, time.monotonic() - self._start)
         if trainer.progress_bar_callback is not None:
-            _to_log_files(line)
+            to_log_files(line, log.name)
         else:
             log.info(line)
 
@@ -160,13 +161,6 @@ class EpochLog(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
-
-
-def _to_log_files(line: str) -> None:
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 def terminal_progress_bar(refresh_rate: int = 10):
