@@ -236,34 +236,18 @@ def _csv(uuids: list[str], rows: dict[str, np.ndarray]) -> str:
     return buffer.getvalue()
 
 
-VIEWS_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "required": list(FIELDS),
-                    "properties": {f: {"type": "string", "format": "binary"} for f in FIELDS},
-                }
-            }
-        },
+def _file_fields_body(fields) -> dict:
+    """OpenAPI's description of a multipart body of one required file per field in `fields`."""
+    schema = {
+        "type": "object",
+        "required": list(fields),
+        "properties": {f: {"type": "string", "format": "binary"} for f in fields},
     }
-}
-ZIP_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    }
-}
+    return {"requestBody": {"required": True, "content": {MULTIPART: {"schema": schema}}}}
+
+
+VIEWS_BODY = _file_fields_body(FIELDS)
+ZIP_BODY = _file_fields_body(["file"])
 
 
 def _add_routes(app: FastAPI, state: State) -> None:
