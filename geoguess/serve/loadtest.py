@@ -5,7 +5,7 @@ compare with. `make bench`'s `serve` section (`geoguess.bench.serve`) is built f
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import shutil
 import socket
@@ -86,13 +86,16 @@ def drive(
     url: str, model: str, views: Path, clients: int, requests: int, max_seconds: float
 ) -> dict:
     """locust, headless: `clients` concurrent clients posting `views` until `requests` were
-    sent or `max_seconds` passed. {p50_ms, p95_ms, p99_ms, requests_per_s, requests, errors}."""
+    answered or `max_seconds` passed. {p50_ms, p95_ms, p99_ms, requests_per_s, requests,
+    errors}: the latency percentiles of every answer, and answers per second between the first
+    request and the last answer."""
     work = Path(tempfile.mkdtemp(prefix="geoguess-locust-"))
     env = {
         **os.environ,
         "GEOGUESS_LOAD_VIEWS": str(views),
         "GEOGUESS_LOAD_MODEL": model,
         "GEOGUESS_LOAD_REQUESTS": str(requests),
+        "GEOGUESS_LOAD_OUT": str(work / "load.json"),
     }
     command = [
         sys.executable,
@@ -112,8 +115,6 @@ def drive(
         "10",
         "--host",
         url,
-        "--csv",
-        str(work / "load"),
         "--exit-code-on-error",
         "0",
         "--loglevel",
@@ -123,19 +124,22 @@ def drive(
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=max_seconds + 60
         )
-        if done.returncode != 0:
+        if done.returncode != 0 or not (work / "load.json").exists():
             raise RuntimeError(f"locust failed:\n{done.stderr[-3000:]}")
-        with open(work / "load_stats.csv") as f:
-            row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+        load = json.loads((work / "load.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    latencies = np.asarray(load["latencies_ms"], dtype=float)
+    if latencies.size == 0:
+        raise RuntimeError(f"locust got no answer from {url} in {max_seconds} s")
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
     return {
-        "p50_ms": float(row["50%"]),
-        "p95_ms": float(row["95%"]),
-        "p99_ms": float(row["99%"]),
-        "requests_per_s": float(row["Requests/s"]),
-        "requests": int(row["Request Count"]),
-        "errors": int(row["Failure Count"]),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "requests_per_s": latencies.size / load["seconds"] if load["seconds"] > 0 else 0.0,
+        "requests": int(latencies.size),
+        "errors": int(load["errors"]),
     }
 
 
@@ -163,29 +167,30 @@ def write_views(folder: Path, source: Path | None = None, size: int = 640) -> Pa
     return folder
 
 
-def offline_rate(checkpoint: Path, views: Path, batch: int, repeats: int = 3) -> float:
-    """Locations per second of the predictor alone, in batches of `batch`, on the views as the
-    server decodes them (the decoding is timed too: the server does it per request)."""
-    import torch
+def offline_rate(
+    checkpoint: Path, views: Path, work: Path, batch: int, locations: int = 256, repeats: int = 3
+) -> float:
+    """Locations per second of `geoguess.predict` itself (`inference.predict`, reading and
+    decoding the files in its own process as the command does by default) over a folder of
+    `locations` copies of `views`, in batches of `batch`; the median of `repeats` runs, each
+    timed whole, loading the checkpoint included."""
+    from geoguess.inference import predict
 
-    from geoguess.data.decode import decode_image
-    from geoguess.serve.models import Predictor
-
-    predictor = Predictor.from_checkpoint(checkpoint)
-    paths = [views / f"{h}.jpg" for h in HEADINGS]
-    predictor.predict(
-        torch.from_numpy(np.stack([decode_image(p, predictor.image_size) for p in paths]))[None]
-    )
+    root = work / f"offline-{locations}"
+    for i in range(locations):
+        folder = root / "images" / f"loc{i:05d}"
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            for heading in HEADINGS:
+                (folder / f"{heading}.jpg").symlink_to((views / f"{heading}.jpg").resolve())
+    predict(checkpoint, root, batch_size=batch, num_workers=0, device="cpu", progress=False)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        location = np.stack([decode_image(p, predictor.image_size) for p in paths])
-        images = [location] + [
-            np.stack([decode_image(p, predictor.image_size) for p in paths])
-            for _ in range(batch - 1)
-        ]
-        predictor.predict(torch.from_numpy(np.stack(images)))
-        rates.append(batch / (time.perf_counter() - start))
+        frame, _ = predict(
+            checkpoint, root, batch_size=batch, num_workers=0, device="cpu", progress=False
+        )
+        rates.append(len(frame) / (time.perf_counter() - start))
     return float(np.median(rates))
 
 
@@ -278,7 +283,7 @@ def bench(options: dict, work: Path, source: Path | None, progress=print) -> dic
             drive(url, backbone, views, o["rss_clients"], o["rss_requests"], 10 * o["max_seconds"])
             measured["rss_growth"] = rss_bytes(pid) / before - 1
             progress(f"serve: {backbone}, RSS growth {measured['rss_growth']:.4f}")
-        measured["offline_locations_per_s"] = offline_rate(checkpoint, views, o["max_batch"])
+        measured["offline_locations_per_s"] = offline_rate(checkpoint, views, work, o["max_batch"])
         most = str(max(o["clients"]))
         measured["saturation_ratio"] = (
             measured[most]["requests_per_s"] / measured["offline_locations_per_s"]
