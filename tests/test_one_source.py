@@ -28,16 +28,11 @@ RUN_KEYS = {"image_size", "seed"}
 # report of issue 24, left to their owners); anything else conf/ builds must have none.
 STILL_TWICE = {
     "geoguess.models.backbones.create_backbone",
-    "geoguess.models.callbacks.terminal_progress_bar",
     "geoguess.geo.Country",
     "geoguess.geo.build_grid",
     "geoguess.geo.build_adaptive_grid",
     "geoguess.models.loggers.wandb_logger",
     "geoguess.sweeps.devices.JoblibDevices",
-    "geoguess.models.unfreeze.AtEpoch",
-    "geoguess.models.unfreeze.Frozen",
-    "geoguess.models.unfreeze.Gradual",
-    "geoguess.models.unfreeze.Never",
 }
 
 
