@@ -31,8 +31,6 @@ STILL_TWICE = {
     "geoguess.geo.Country",
     "geoguess.geo.build_grid",
     "geoguess.geo.build_adaptive_grid",
-    "geoguess.models.loggers.wandb_logger",
-    "geoguess.sweeps.devices.JoblibDevices",
 }
 
 
