@@ -30,7 +30,6 @@ STILL_TWICE = {
     "geoguess.models.backbones.create_backbone",
     "geoguess.geo.Country",
     "geoguess.geo.build_grid",
-    "geoguess.geo.build_adaptive_grid",
 }
 
 
