@@ -40,13 +40,6 @@ QUICK = {
     "feature_cache_image_size": 32,
     "feature_cache_locations": 40,
     "feature_cache_epochs": 1,
-    "serve_backbones": ["tiny"],
-    "serve_image_size": 32,
-    "serve_clients": [1, 2],
-    "serve_requests": 20,
-    "serve_max_seconds": 30,
-    "serve_rss_requests": 20,
-    "serve_rss_clients": 2,
 }
 
 
