@@ -110,9 +110,7 @@ def build_callbacks(
             continue
         callbacks.append(callback)
     cache = FeatureCacheCallback(
-        enabled=feature_cache
-        and unfreeze.frozen_from_start()
-        and not cfg.data.augment
+        enabled=feature_cache and unfreeze.frozen_from_start() and not cfg.data.augment
     )
     extras = InferenceExtrasCallback()
     bookkeeping = [EpochSeed(cfg.seed), PlateauStepOnResume(), EpochLog()]
