@@ -49,7 +49,7 @@ def build_module(cfg: DictConfig, fitted, backbone=None, optimizer=None, unfreez
         optimizer=optimizer,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         backbone_lr=unfreeze.backbone_lr,
-        inference=settings.inference_spec(cfg.get("tta", "none")),
+        inference=settings.inference_spec(cfg.tta),
         check_finite_every=settings.check_finite_every,
         config=plain_config(cfg),
     )
@@ -110,9 +110,7 @@ def build_callbacks(
             continue
         callbacks.append(callback)
     cache = FeatureCacheCallback(
-        enabled=feature_cache
-        and unfreeze.frozen_from_start()
-        and not cfg.data.get("augment", False)
+        enabled=feature_cache and unfreeze.frozen_from_start() and not cfg.data.augment
     )
     extras = InferenceExtrasCallback()
     bookkeeping = [EpochSeed(cfg.seed), PlateauStepOnResume(), EpochLog()]

@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> Path:
         seed=generator.seed,
         country=country,
         image_size=generator.image_size,
-        workers=max(1, int(cfg.data.get("num_workers", 2))),
+        workers=max(1, int(cfg.data.num_workers)),
         overwrite=bool(cfg.overwrite),
     )
     size, count = generator.image_size, generator.num_locations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import uuid as uuid_lib
 from functools import cache
@@ -9,15 +10,34 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
 from geoguess.data.io import HEADINGS
 from geoguess.geo import Country
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
 
 @cache
 def croatia() -> Country:
     return Country()
+
+
+def data_settings(kind: str = "folder") -> dict:
+    """The `data` group `kind` as conf/ composes it for a training run, without `_target_` and
+    `root`: the settings a test gives a data module it builds itself (the defaults are written
+    in the YAML alone)."""
+    return copy.deepcopy(_composed_data(kind))
+
+
+@cache
+def _composed_data(kind: str) -> dict:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        data = compose(config_name="train", overrides=[f"data={kind}"]).data
+    settings = OmegaConf.to_container(data, resolve=True)
+    return {k: v for k, v in settings.items() if k not in ("_target_", "root")}
 
 
 def croatia_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,6 @@ from geoguess.geo import (
     ClassGrid,
     Country,
     PolygonGrid,
-    build_adaptive_grid,
     build_grid,
     build_region_grid,
     grid_from_dict,
@@ -23,9 +22,15 @@ from geoguess.geo.adaptive_grid import merge_small_cells
 from geoguess.geo.boundary import BoundaryError
 from geoguess.geo.geocells import CLASSES_CSV_COLUMNS, GridError
 from tests.cli import run_module
+from tests.conf_helpers import from_conf
 from tests.data_helpers import croatia_points
 
 MAX, MIN, MIN_KM = 60, 6, 5.0
+
+
+def adaptive(country: Country, **settings) -> PolygonGrid:
+    """`grid=adaptive` as a run builds it (conf/grid/adaptive.yaml), `settings` over its keys."""
+    return from_conf("grid", "adaptive")(country, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def train() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def grid(croatia, train) -> PolygonGrid:
     lat, lon = train
-    return build_adaptive_grid(
+    return adaptive(
         croatia,
         max_per_cell=MAX,
         min_per_cell=MIN,
@@ -91,7 +96,7 @@ def test_a_minimum_size_square_may_hold_more_than_the_maximum(croatia):
     rng = np.random.default_rng(0)
     lat = np.r_[45.5 + rng.normal(0, 0.001, 300), croatia_points(200, seed=5)[0]]
     lon = np.r_[16.5 + rng.normal(0, 0.001, 300), croatia_points(200, seed=5)[1]]
-    grid = build_adaptive_grid(
+    grid = adaptive(
         croatia, max_per_cell=50, min_per_cell=5, min_cell_km=MIN_KM, train_lat=lat, train_lon=lon
     )
     full = grid.table["train_count"] > 50
@@ -194,7 +199,7 @@ def test_round_trip_through_json_is_exact(grid, croatia):
 
 
 def test_without_training_locations_the_density_is_uniform(croatia):
-    grid = build_adaptive_grid(croatia, max_per_cell=100, min_per_cell=10, uniform_points=2000)
+    grid = adaptive(croatia, max_per_cell=100, min_per_cell=10, uniform_points=2000)
     assert "uniform density" in grid.description
     assert "train_count" not in grid.table
     with pytest.raises(ValueError, match="train_mean"):
@@ -215,7 +220,7 @@ def test_without_training_locations_the_density_is_uniform(croatia):
 )
 def test_bad_settings_say_which(croatia, settings, message):
     with pytest.raises(GridError, match=message):
-        build_adaptive_grid(croatia, **settings)
+        adaptive(croatia, **settings)
 
 
 def test_the_heads_and_the_fitted_data_take_adaptive_cells(grid, train, croatia):
@@ -263,7 +268,7 @@ def test_regions_give_one_class_per_region_on_land(croatia, tmp_path):
         "geometry": json.loads(shapely.to_geojson(shapely.box(5, 20, 6, 21))),
     }
     boxes = quadrants(croatia, tmp_path / "regions.geojson", extra=[sahara])
-    grid = build_adaptive_grid(croatia, regions=str(tmp_path / "regions.geojson"))
+    grid = adaptive(croatia, regions=str(tmp_path / "regions.geojson"))
     assert grid.kind == "regions" and grid.num_classes == 4
     assert grid.to_frame()["region"].tolist() == list(boxes)
     assert grid.description == "grid.regions=regions.geojson"

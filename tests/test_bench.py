@@ -22,8 +22,11 @@ import torchvision
 from omegaconf import OmegaConf
 
 from geoguess.bench import cold, data, machine, report, sections, timing
-from geoguess.bench.config import BenchSettings
+from geoguess.bench import serve as serve_section
+from geoguess.bench.__main__ import settings_from
+from geoguess.bench.config import BenchConfig, BenchSettings
 from geoguess.bench.sections import SECTIONS
+from geoguess.errors import GeoguessError
 from tests.cli import command_env, run_module
 from tests.conftest import REPO_ROOT
 
@@ -211,13 +214,39 @@ def test_a_section_is_one_registry_entry(tmp_path, monkeypatch):
         return {"requests_per_s": 12.5}
 
     monkeypatch.setitem(sections.SECTIONS, "serve", serve)
-    settings = BenchSettings(sections=["serve"], work_dir=str(tmp_path / "work"))
+    settings = bench_settings(sections=["serve"], work_dir=str(tmp_path / "work"))
     result = sections.run_benchmarks(settings, progress=lambda text: None)
     assert result["serve"] == {"requests_per_s": 12.5}
     assert seen[0].settings is settings and seen[0].work == tmp_path / "work"
     assert "data" not in result and "cache" not in result  # nothing else ran
     with pytest.raises(ValueError, match="unknown bench sections \\['nope'\\]"):
-        sections.run_benchmarks(BenchSettings(sections=["nope"]))
+        sections.run_benchmarks(bench_settings(sections=["nope"]))
+
+
+def bench_settings(**overrides) -> BenchSettings:
+    """conf/bench.yaml's settings (the one place of their defaults), `overrides` over them."""
+    cfg = OmegaConf.load(REPO_ROOT / "conf" / "bench.yaml")
+    cfg.bench.update(overrides)
+    return settings_from(cfg, cuda=False)
+
+
+def test_bench_settings_come_from_the_yaml_and_a_stray_key_is_named():
+    settings = bench_settings(serve_requests=7)
+    yaml = OmegaConf.load(REPO_ROOT / "conf" / "bench.yaml").bench
+    assert settings.locations == yaml.locations and settings.train_backbones == ["tiny"]
+    assert settings.serve_requests == 7 and settings.serve_clients == list(yaml.serve_clients)
+    with pytest.raises(GeoguessError, match="unknown bench keys \\['serve_request'\\]"):
+        bench_settings(serve_request=7)
+
+
+def test_the_serve_section_gets_every_serve_key(tmp_path, monkeypatch):
+    got = {}
+    monkeypatch.setattr(serve_section, "bench", lambda options, *args, **kw: got.update(options))
+    cfg = BenchConfig(bench_settings(serve_max_batch=4), tmp_path, torch.device("cpu"))
+    serve_section.run(cfg)
+    yaml = OmegaConf.load(REPO_ROOT / "conf" / "bench.yaml").bench
+    expected = {k.removeprefix("serve_"): v for k, v in yaml.items() if k.startswith("serve_")}
+    assert got == {**OmegaConf.to_container(OmegaConf.create(expected)), "max_batch": 4}
 
 
 def test_every_configured_section_is_registered():

@@ -40,7 +40,12 @@ from geoguess.collect import (
     thin_cells,
 )
 from geoguess.collect.pipeline import load_plan
-from geoguess.collect.streetview import ApiRefusedError, RequestBudget, StreetViewClient
+from geoguess.collect.streetview import (
+    ApiRefusedError,
+    RequestBudget,
+    RetryPolicy,
+    StreetViewClient,
+)
 from geoguess.geo import Country, build_grid, haversine_km
 from tests.conftest import REPO_ROOT
 from tests.fake_streetview import FakeStreetView, FakeWorld
@@ -60,6 +65,11 @@ def country() -> Country:
     return Country()
 
 
+def yaml_settings() -> dict:
+    """conf/collect.yaml's `collect:` block: the one place of the settings' defaults."""
+    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "collect.yaml").collect)
+
+
 def settings(out: Path, base_url: str, **overrides) -> CollectSettings:
     values = dict(
         n=N,
@@ -74,7 +84,7 @@ def settings(out: Path, base_url: str, **overrides) -> CollectSettings:
         timeout=1.0,
         progress=False,
     )
-    return CollectSettings(**{**values, **overrides})
+    return CollectSettings(**{**yaml_settings(), **values, **overrides})
 
 
 @asynccontextmanager
@@ -162,7 +172,7 @@ def test_credentials_come_from_the_environment_and_never_show():
 
 
 def test_settings_refuse_bad_input(tmp_path):
-    base = {"n": 5, "out": str(tmp_path / "out")}
+    base = {**yaml_settings(), "n": 5, "out": str(tmp_path / "out")}
     assert CollectSettings.from_config(base).out == tmp_path / "out"
     for bad, message in [
         ({"n": 0}, "collect.n=0 must be a positive number"),
@@ -175,6 +185,9 @@ def test_settings_refuse_bad_input(tmp_path):
         with pytest.raises(CollectError, match=message) as error:
             CollectSettings.from_config({**base, **bad})
         assert KEY not in str(error.value)
+    without_radius = {k: v for k, v in base.items() if k != "radius"}
+    with pytest.raises(CollectError, match="collect setting\\(s\\) missing: radius"):
+        CollectSettings.from_config(without_radius)
     # Journalled answers belong to the server that gave them.
     other = CollectSettings.from_config({**base, "base_url": "http://127.0.0.1:8765"})
     assert other.metadata_key("45.1,16.2") != CollectSettings.from_config(base).metadata_key(
@@ -391,14 +404,19 @@ def test_cancelled_run_resumes_to_exactly_the_uninterrupted_rows(reference, coun
 
 
 def test_refused_credentials_abort_without_showing_them(tmp_path):
+    yaml = yaml_settings()
+
     async def attempt(credentials: Credentials):
         async with fake_server() as (fake, url):
             import aiohttp
 
             async with aiohttp.ClientSession() as session:
-                client = StreetViewClient(session, credentials, RequestBudget(10), url)
+                policy = RetryPolicy(
+                    **{f.name: yaml[f.name] for f in dataclasses.fields(RetryPolicy)}
+                )
+                client = StreetViewClient(session, credentials, RequestBudget(10), url, policy)
                 with pytest.raises(ApiRefusedError) as error:
-                    await client.metadata("45.000000,16.000000", 500)
+                    await client.metadata("45.000000,16.000000", yaml["radius"], yaml["source"])
         return str(error.value), fake.total
 
     message, sent = asyncio.run(attempt(Credentials("wrong-key-123", SECRET_BYTES)))
@@ -489,7 +507,7 @@ def test_panoramas_near_one_kept_are_left_out(tmp_path):
     from geoguess.collect.selection import select_panoramas
     from geoguess.collect.settings import CollectSettings
 
-    settings = CollectSettings(n=5, out=tmp_path, min_distance_m=30)
+    settings = CollectSettings(**{**yaml_settings(), "n": 5, "out": tmp_path, "min_distance_m": 30})
     zagreb = (45.8150, 15.9819)
     # Sample order: a panorama, one 20 m north of it, one 50 m north, the first again, and
     # one 10 m from a location already in the dataset.
@@ -533,7 +551,7 @@ def test_panoramas_near_one_kept_are_left_out(tmp_path):
         "too_close": 2,
     }
     # min_distance_m=0 keeps every distinct panorama.
-    settings = CollectSettings(n=5, out=tmp_path, min_distance_m=0)
+    settings = CollectSettings(**{**yaml_settings(), "n": 5, "out": tmp_path, "min_distance_m": 0})
     journal = {
         settings.metadata_key(k.split("location=")[1].split("&")[0]): v for k, v in journal.items()
     }

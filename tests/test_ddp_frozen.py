@@ -13,27 +13,37 @@ import numpy as np
 import pytest
 
 from geoguess.builders import FIND_UNUSED, build_trainer
-from geoguess.models.unfreeze import AtEpoch, Frozen, Gradual, Never
+from tests.conf_helpers import from_conf
 from tests.data_helpers import write_dataset
 from tests.test_sampler_ranks import make_dm
 from tests.train_helpers import FAST, composed, dataset, folder_data
 
 
 def test_schedules_that_train_the_same_parameters_in_every_epoch():
-    assert Frozen().same_every_epoch(10) and Never().same_every_epoch(None)
-    assert AtEpoch(epoch=3).same_every_epoch(3)  # frozen for the whole run
-    assert not AtEpoch(epoch=3).same_every_epoch(4)
-    assert not Gradual(every=2).same_every_epoch(5) and Gradual(every=2).same_every_epoch(2)
+    assert from_conf("unfreeze", "frozen").same_every_epoch(10) and from_conf(
+        "unfreeze", "never"
+    ).same_every_epoch(None)
+    assert from_conf("unfreeze", "at_epoch", epoch=3).same_every_epoch(
+        3
+    )  # frozen for the whole run
+    assert not from_conf("unfreeze", "at_epoch", epoch=3).same_every_epoch(4)
+    assert not from_conf("unfreeze", "gradual", every=2).same_every_epoch(5) and from_conf(
+        "unfreeze", "gradual", every=2
+    ).same_every_epoch(2)
 
 
 @pytest.mark.parametrize(
     ("schedule", "overrides", "find_unused"),
     [
-        (Frozen(), [], False),
-        (Never(), [], False),
-        (AtEpoch(epoch=1), [], True),
-        (AtEpoch(epoch=1), ["trainer.max_epochs=1"], False),
-        (Frozen(), ["trainer.strategy=ddp_spawn"], None),  # set by hand: kept
+        (from_conf("unfreeze", "frozen"), [], False),
+        (from_conf("unfreeze", "never"), [], False),
+        (from_conf("unfreeze", "at_epoch", epoch=1), [], True),
+        (from_conf("unfreeze", "at_epoch", epoch=1), ["trainer.max_epochs=1"], False),
+        (
+            from_conf("unfreeze", "frozen"),
+            ["trainer.strategy=ddp_spawn"],
+            None,
+        ),  # set by hand: kept
     ],
 )
 def test_ddp_searches_for_unused_parameters_only_when_a_schedule_unfreezes(

@@ -19,6 +19,7 @@ from geoguess.models.module import GeoguessModule, NonFiniteLossError
 from geoguess.models.network import GeoNetwork, input_stats
 from geoguess.models.spec import BackboneSpec, HeadSpec, InferenceSpec, NetworkSpec, SpecError
 from geoguess.predictor import InferenceExtras, Predictor
+from tests.conf_helpers import from_conf
 from tests.train_helpers import CONF, composed
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -731,8 +732,10 @@ def test_a_hidden_layer_combines_features_a_linear_head_cannot():
 
 
 def test_schedules():
-    assert [unfreeze.AtEpoch(2).trainable_stages(e, 5) for e in range(4)] == [0, 0, 5, 5]
-    assert [unfreeze.Gradual(2).trainable_stages(e, 3) for e in range(9)] == [
+    assert [
+        from_conf("unfreeze", "at_epoch", epoch=2).trainable_stages(e, 5) for e in range(4)
+    ] == [0, 0, 5, 5]
+    assert [from_conf("unfreeze", "gradual", every=2).trainable_stages(e, 3) for e in range(9)] == [
         0,
         0,
         1,
@@ -743,10 +746,10 @@ def test_schedules():
         3,
         3,
     ]
-    assert unfreeze.Never().trainable_stages(0, 4) == 4
-    assert [unfreeze.Frozen().trainable_stages(e, 4) for e in range(3)] == [0, 0, 0]
+    assert from_conf("unfreeze", "never").trainable_stages(0, 4) == 4
+    assert [from_conf("unfreeze", "frozen").trainable_stages(e, 4) for e in range(3)] == [0, 0, 0]
     with pytest.raises(GeoguessError):
-        unfreeze.Gradual(0)
+        from_conf("unfreeze", "gradual", every=0)
 
 
 def test_apply_schedule_freezes_stages_and_their_batchnorm():

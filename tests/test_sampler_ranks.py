@@ -18,7 +18,7 @@ from geoguess.data import FolderDataModule
 from geoguess.data import sampler as sampler_mod
 from geoguess.data.sampler import BlockShuffle, LocationShuffle
 from geoguess.geo import build_grid
-from tests.data_helpers import croatia, write_dataset
+from tests.data_helpers import croatia, data_settings, write_dataset
 
 WORLD_SIZE = 2
 RANK_TIMEOUT_S = 240
@@ -28,17 +28,14 @@ FREE_MEMORY = {0: 0, 1: 2**62}
 
 
 def make_dm(root: Path, cache_dir: Path) -> FolderDataModule:
+    small = {"cache_dir": cache_dir, "num_workers": 0, "batch_size": 4, "augment": False}
     return FolderDataModule(
         root,
+        **{**data_settings(), **small, "split": (1.0, 0.0, 0.0), "split_by": "hash"},
         country=croatia(),
-        cache_dir=cache_dir,
         progress=False,
         image_size=16,
-        num_workers=0,
-        batch_size=4,
-        split=(1.0, 0.0, 0.0),
-        split_by="hash",
-        augment=False,
+        seed=0,
         grid=partial(build_grid, spacing=0.5),
     )
 

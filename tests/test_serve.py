@@ -4,6 +4,7 @@ refusing what it cannot use with a 4xx naming the field and why."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import shutil
 import struct
@@ -16,13 +17,23 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from omegaconf import OmegaConf
 
+from geoguess.serve.__main__ import settings_of
 from geoguess.serve.app import Settings, create_app
 from geoguess.serve.batching import Batcher
+from tests.conftest import REPO_ROOT
 from tests.serve_helpers import RUN_NAME, models_dir, views_of
 from tests.train_helpers import composed, run_cli
 
 LOCATIONS = 3
+
+
+def serve_settings(**overrides) -> Settings:
+    """conf/serve.yaml's settings (the one place of their defaults), `overrides` over them."""
+    return dataclasses.replace(
+        settings_of(OmegaConf.load(REPO_ROOT / "conf" / "serve.yaml")), **overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +43,7 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(models):
-    with TestClient(create_app(Settings(models_dir=str(models)))) as client:
+    with TestClient(create_app(serve_settings(models_dir=str(models)))) as client:
         deadline = time.monotonic() + 120
         while client.get("/health").status_code != 200:
             assert time.monotonic() < deadline, client.get("/health").json()
@@ -278,7 +289,7 @@ def test_malformed_batch_uploads_are_refused_naming_the_file(client, case):
 
 
 def test_a_zip_over_the_location_limit_is_refused(models):
-    settings = Settings(models_dir=str(models), max_zip_locations=2)
+    settings = serve_settings(models_dir=str(models), max_zip_locations=2)
     members = {f"images/{u}/{h}.jpg": jpeg() for u in "abc" for h in (0, 90, 180, 270)}
     with TestClient(create_app(settings)) as limited:
         deadline = time.monotonic() + 120

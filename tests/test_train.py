@@ -165,7 +165,11 @@ def _fit_with_probe(cfg, run_dir: Path, epochs: int) -> tuple[list[dict], dict, 
 
     L.seed_everything(0)
     dm = instantiate(cfg.data, _partial_=True)(
-        country=instantiate(cfg.country), grid=instantiate(cfg.grid), image_size=32, run_dir=run_dir
+        country=instantiate(cfg.country),
+        grid=instantiate(cfg.grid),
+        image_size=32,
+        seed=cfg.seed,
+        run_dir=run_dir,
     )
     dm.setup("fit")
     module = build_model(cfg, dm.fitted)

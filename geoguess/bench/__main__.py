@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geoguess import runs
 from geoguess.bench.report import table
+from geoguess.errors import GeoguessError
 from geoguess.utils.cli import CONFIG_PATH, user_errors
 from geoguess.utils.io import write_json_atomic
 
@@ -60,7 +61,14 @@ def settings_from(cfg: DictConfig, cuda: bool) -> BenchSettings:
         values["train_backbones"] = ["tiny"]
         values["train_image_size"] = 32
     known = {f.name for f in dataclasses.fields(BenchSettings)}
-    return BenchSettings(**{k: v for k, v in values.items() if k in known})
+    # conf/bench.yaml is the one list of the keys and their defaults: a key it lacks is a typo.
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise GeoguessError(f"unknown bench keys {unknown} (conf/bench.yaml lists the keys)")
+    missing = sorted(known - set(values))
+    if missing:
+        raise GeoguessError(f"bench keys {missing} are missing (conf/bench.yaml gives them)")
+    return BenchSettings(**values)
 
 
 # CONFIG_PATH is relative to a module of geoguess/; this one is a folder deeper.
@@ -73,8 +81,8 @@ def main(cfg: DictConfig) -> int:
 
     from geoguess.bench.sections import run_benchmarks
 
+    settings = settings_from(cfg, torch.cuda.is_available())  # a bad key claims no folder
     out = runs.claim(cfg)
-    settings = settings_from(cfg, torch.cuda.is_available())
     result = run_benchmarks(settings, progress=lambda text: print(f"[bench] {text}"))
     path = write_json_atomic(out / "bench.json", result)
     print(table(result))

@@ -18,47 +18,47 @@ from geoguess.data.dataset import GeoguesserDataset
 
 @dataclass
 class BenchSettings:
-    """What to measure, and how much of it (the `bench` keys of conf/bench.yaml)."""
+    """What to measure, and how much of it: the `bench` keys of conf/bench.yaml, which holds
+    every default and says what each key means (`__main__.settings_from` builds this)."""
 
-    sections: Sequence[str] = (
-        "cache",
-        "stats",
-        "loader",
-        "cold",
-        "train_step",
-        "metric",
-        "feature_cache",
-    )
-    locations: int = 2000
-    image_sizes: Sequence[int] = (224, 112)
-    repeats: int = 3
-    batch_size: int = 32
-    # Locations timed per loader measurement (the naive loader is timed on fewer).
-    loader_locations: int = 1024
-    naive_locations: int = 256
-    # Loader workers of the naive reference (the original's setting) and of the default path.
-    naive_workers: int = 2
-    default_workers: int = 0
-    cold_image_size: int = 224
-    # Cold reads: the share of the cache file the page cache may hold (see the cold section).
-    cold_memory_fraction: float = 0.5
-    train_backbones: Sequence[str] = ("tiny",)
-    train_image_size: int = 56
-    train_batch_size: int = 32
-    train_steps: int = 10
-    warmup_steps: int = 3
-    overhead_image_size: int = 56
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
-    channels_last: str = "auto"  # auto: on CUDA
-    metric_pairs: int = 1_000_000
-    # The feature cache: a frozen pretrained backbone, epochs timed with and without it.
-    feature_cache_backbone: str = "efficientnet_lite0"
-    feature_cache_image_size: int = 224
-    feature_cache_locations: int = 400
-    feature_cache_epochs: int = 2
-    source: str | None = None  # a dataset folder to replicate; None: the real sample or generated
-    work_dir: str | None = None  # where the replicated data and caches go; None: a temp folder
-    keep_work_dir: bool = False
+    sections: Sequence[str]
+    locations: int
+    image_sizes: Sequence[int]
+    repeats: int
+    batch_size: int
+    loader_locations: int
+    naive_locations: int
+    naive_workers: int
+    default_workers: int
+    cold_image_size: int
+    cold_memory_fraction: float
+    train_backbones: Sequence[str]
+    train_image_size: int
+    train_batch_size: int
+    train_steps: int
+    warmup_steps: int
+    overhead_image_size: int
+    precision: str
+    channels_last: str | bool
+    metric_pairs: int
+    source: str | None
+    work_dir: str | None
+    keep_work_dir: bool
+    feature_cache_backbone: str
+    feature_cache_image_size: int
+    feature_cache_locations: int
+    feature_cache_epochs: int
+    serve_backbones: Sequence[str]
+    serve_image_size: int
+    serve_clients: Sequence[int]
+    serve_requests: int
+    serve_max_seconds: float
+    serve_rss_requests: int
+    serve_rss_clients: int
+    serve_max_batch: int
+    serve_max_wait_ms: float
+    serve_batching_backbone: str | None
+    serve_train_locations: int
 
 
 @dataclass

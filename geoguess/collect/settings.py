@@ -5,30 +5,31 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from geoguess.collect.streetview import DEFAULT_BASE_URL, CollectError
+from geoguess.collect.streetview import CollectError
 
 
 @dataclass(frozen=True)
 class CollectSettings:
-    """The `collect:` block of conf/collect.yaml (never holds a secret)."""
+    """The `collect:` block of conf/collect.yaml (never holds a secret), which holds every
+    default and says what each key means."""
 
     n: int
     out: Path
-    base_url: str = DEFAULT_BASE_URL
-    radius: int = 500
-    source: str = "outdoor"
-    concurrency: int = 8
-    max_requests: int = 1000
-    seed: int = 0
-    balance_with: Path | None = None
-    balance_below: float | None = None
-    retries: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    timeout: float = 30.0
-    outside_tolerance_km: float = 1.0
-    min_distance_m: float = 30.0
-    progress: bool = True
+    base_url: str
+    radius: int
+    source: str
+    concurrency: int
+    max_requests: int
+    seed: int
+    balance_with: Path | None
+    balance_below: float | None
+    retries: int
+    backoff: float
+    max_backoff: float
+    timeout: float
+    outside_tolerance_km: float
+    min_distance_m: float
+    progress: bool
 
     @classmethod
     def from_config(cls, cfg) -> CollectSettings:
@@ -37,6 +38,11 @@ class CollectSettings:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise CollectError(f"unknown collect setting(s): {', '.join(unknown)}")
+        missing = sorted(set(cls.__dataclass_fields__) - set(values))
+        if missing:
+            raise CollectError(
+                f"collect setting(s) missing: {', '.join(missing)} (conf/collect.yaml gives them)"
+            )
         if values.get("out") in (None, ""):
             raise CollectError("set collect.out to the dataset folder to create or extend")
         values["out"] = Path(str(values["out"])).expanduser()

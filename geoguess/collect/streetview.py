@@ -28,7 +28,6 @@ from geoguess.errors import GeoguessError
 
 API_KEY_ENV = "GOOGLE_MAPS_API_KEY"
 SIGNING_SECRET_ENV = "GOOGLE_MAPS_URL_SIGNING_SECRET"
-DEFAULT_BASE_URL = "https://maps.googleapis.com"
 METADATA_PATH = "/maps/api/streetview/metadata"
 IMAGE_PATH = "/maps/api/streetview"
 IMAGE_SIZE = "640x640"
@@ -147,10 +146,12 @@ class RequestBudget:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    retries: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    timeout: float = 30.0
+    """collect.retries, backoff, max_backoff and timeout (conf/collect.yaml holds the defaults)."""
+
+    retries: int
+    backoff: float
+    max_backoff: float
+    timeout: float
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Exponential backoff with jitter; a server's Retry-After wins, within max_backoff."""
@@ -182,17 +183,17 @@ class StreetViewClient:
         session: aiohttp.ClientSession,
         credentials: Credentials,
         budget: RequestBudget,
-        base_url: str = DEFAULT_BASE_URL,
-        policy: RetryPolicy | None = None,
+        base_url: str,
+        policy: RetryPolicy,
     ) -> None:
         self.session = session
         self.credentials = credentials
         self.budget = budget
         self.base_url = base_url
-        self.policy = policy or RetryPolicy()
+        self.policy = policy
         self.stats = RequestStats()
 
-    async def metadata(self, location: str, radius: int, source: str = "outdoor") -> dict:
+    async def metadata(self, location: str, radius: int, source: str) -> dict:
         """The metadata record of the panorama nearest `location` ("lat,lon"), or its status."""
         params = {"location": location, "radius": radius, "source": source}
         return await self._fetch(METADATA_PATH, params, self._parse_metadata)

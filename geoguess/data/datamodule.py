@@ -48,32 +48,33 @@ GridFactory = Callable[..., ClassGrid]
 class GeoDataModule(L.LightningDataModule):
     """What every data module shares; subclasses say where the dataset is (`dataset_roots`).
 
-    The `data.*` keys of `conf/data/folder.yaml` (documented in docs/data.md) are its
-    arguments; `country`, `grid` (a factory called with the training locations), `image_size`,
-    `run_dir` and `seed` come from the rest of the run config. With `fitted` (from a
-    checkpoint), nothing is fitted: the run sees its data as the checkpoint's model was trained.
+    The `data.*` keys of `conf/data/folder.yaml` (documented in docs/data.md, their defaults
+    written there alone) are its arguments; `country`, `grid` (a factory called with the training
+    locations), `image_size`, `run_dir` and `seed` come from the rest of the run config. With
+    `fitted` (from a checkpoint), nothing is fitted: the run sees its data as the checkpoint's
+    model was trained.
     """
 
     def __init__(
         self,
-        split=(0.8, 0.1, 0.1),
-        split_by: str = "spatial",
-        spatial_gap_km: float = 10.0,
-        spatial_block_km: float | None = None,
-        fraction: float = 1.0,
-        on_invalid: str = "error",
-        outside_tolerance_km: float = 5.0,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        augment: bool = True,
-        batch_size: int = 32,
-        num_workers: int = 2,
         *,
+        split: list[float] | tuple[float, ...],
+        split_by: str,
+        spatial_gap_km: float,
+        spatial_block_km: float | str | None,
+        fraction: float,
+        on_invalid: str,
+        outside_tolerance_km: float,
+        cache: bool,
+        cache_dir: str | None,
+        augment: bool,
+        batch_size: int,
+        num_workers: int,
+        image_size: int,
+        seed: int,
         country: Country | None = None,
         grid: GridFactory | None = None,
-        image_size: int = 224,
         run_dir: str | Path | None = None,
-        seed: int = 0,
         fitted: FittedData | None = None,
         progress: bool = True,
     ) -> None:

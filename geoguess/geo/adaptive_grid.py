@@ -30,12 +30,13 @@ MAX_UNIFORM_POINTS = 1_000_000
 
 def build_adaptive_grid(
     country: Country,
-    max_per_cell: int = 100,
-    min_per_cell: int = 10,
-    min_cell_km: float = 5.0,
-    regions: str | None = None,
-    uniform_points: int = 2000,
-    drop_empty: bool = True,
+    *,
+    max_per_cell: int,
+    min_per_cell: int,
+    min_cell_km: float,
+    regions: str | None,
+    uniform_points: int,
+    drop_empty: bool,
     train_lat=None,
     train_lon=None,
 ) -> PolygonGrid:

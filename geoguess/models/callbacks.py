@@ -163,7 +163,7 @@ class EpochLog(Callback):
         self.best = state_dict.get("best")
 
 
-def terminal_progress_bar(refresh_rate: int = 10):
+def terminal_progress_bar(refresh_rate: int):
     """A progress bar when the output is a terminal; None (no bar) when it is piped.
 
     Redrawn every `refresh_rate` steps: each redraw reads the logged loss on the host, which

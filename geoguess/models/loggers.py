@@ -52,16 +52,18 @@ def build_loggers(cfg) -> list:
 
 
 def wandb_logger(
+    *,
     save_dir: str,
-    project: str = "geoguess",
-    group: str | None = None,
-    name: str | None = None,
-    mode: str | None = None,
-    tags: list[str] | None = None,
-    job_type: str | None = None,
-    log_model: bool = True,
+    project: str,
+    group: str | None,
+    name: str | None,
+    mode: str | None,
+    tags: list[str] | None,
+    job_type: str | None,
+    log_model: bool,
 ):
-    """A Lightning `WandbLogger`; `mode` null: online if logged in, else offline.
+    """A Lightning `WandbLogger` from `logger.wandb` (conf/logger/wandb.yaml holds the
+    defaults); `mode` null: online if logged in, else offline.
 
     `log_model`: `log_results` uploads the best checkpoint as a model artifact (Lightning's own
     checkpoint upload stays off: it runs before the test, so without the results)."""

@@ -1,7 +1,8 @@
 """Learning-rate schedules as Lightning `lr_scheduler` dicts.
 
-Each `conf/scheduler/*.yaml` is a partial of one of these functions; the module calls it with
-its optimizer, the trainer (for the number of steps and epochs) and the metric to monitor.
+Each `conf/scheduler/*.yaml` is a partial of one of these functions and holds the defaults of
+its settings (written there alone); the module calls it with its optimizer, the trainer (for
+the number of steps and epochs) and the metric to monitor.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ def plateau(
     optimizer: Optimizer,
     trainer=None,
     monitor: str = "val/haversine_km",
-    factor: float = 0.5,
-    patience: int = 2,
-    min_lr: float = 0.0,
-    threshold: float = 1e-3,
+    *,
+    factor: float,
+    patience: int,
+    min_lr: float,
+    threshold: float,
 ) -> dict:
     """Divide the learning rates when the validation error (km) stops improving."""
     scheduler = lr_scheduler.ReduceLROnPlateau(
@@ -34,9 +36,10 @@ def onecycle(
     optimizer: Optimizer,
     trainer=None,
     monitor: str | None = None,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    *,
+    pct_start: float,
+    div_factor: float,
+    final_div_factor: float,
 ) -> dict:
     """One cycle per run: warm up to each group's learning rate, then anneal, every step."""
     total = _total_steps(trainer)
@@ -53,7 +56,7 @@ def onecycle(
 
 
 def cosine(
-    optimizer: Optimizer, trainer=None, monitor: str | None = None, eta_min: float = 0.0
+    optimizer: Optimizer, trainer=None, monitor: str | None = None, *, eta_min: float
 ) -> dict:
     """Cosine annealing over `trainer.max_epochs`, stepped every epoch."""
     epochs = getattr(trainer, "max_epochs", None)

@@ -24,10 +24,11 @@ from geoguess.models.backbones import stage_parameters
 class BackboneUnfreeze(BaseFinetuning):
     """Base of the schedules: `trainable_stages(epoch, n)` says how many of the last stages train.
 
-    `backbone_lr` is the backbone's learning rate (null: `optimizer.lr`, as the head's).
+    `backbone_lr` is the backbone's learning rate (null: `optimizer.lr`, as the head's). The
+    settings' defaults are written in conf/unfreeze/*.yaml alone.
     """
 
-    def __init__(self, backbone_lr: float | None = None) -> None:
+    def __init__(self, *, backbone_lr: float | None) -> None:
         super().__init__()
         if backbone_lr is not None and (
             not isinstance(backbone_lr, float | int) or not backbone_lr > 0
@@ -82,8 +83,8 @@ class Frozen(BackboneUnfreeze):
 class AtEpoch(BackboneUnfreeze):
     """The backbone is frozen (eval mode) until `epoch`, then trains entirely."""
 
-    def __init__(self, epoch: int = 1, backbone_lr: float | None = None) -> None:
-        super().__init__(backbone_lr)
+    def __init__(self, *, epoch: int, backbone_lr: float | None) -> None:
+        super().__init__(backbone_lr=backbone_lr)
         self.epoch = _count("unfreeze.epoch", epoch, minimum=0)
 
     def trainable_stages(self, epoch: int, num_stages: int) -> int:
@@ -93,8 +94,8 @@ class AtEpoch(BackboneUnfreeze):
 class Gradual(BackboneUnfreeze):
     """One more stage, from the last backwards, every `every` epochs (the first after `every`)."""
 
-    def __init__(self, every: int = 1, backbone_lr: float | None = None) -> None:
-        super().__init__(backbone_lr)
+    def __init__(self, *, every: int, backbone_lr: float | None) -> None:
+        super().__init__(backbone_lr=backbone_lr)
         self.every = _count("unfreeze.every", every, minimum=1)
 
     def trainable_stages(self, epoch: int, num_stages: int) -> int:

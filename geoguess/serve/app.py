@@ -43,19 +43,19 @@ MULTIPART = "multipart/form-data"
 
 @dataclass(frozen=True)
 class Settings:
-    """`serve.*` of conf/serve.yaml, as plain values."""
+    """`serve.*` of conf/serve.yaml (which holds the defaults), as plain values."""
 
-    models_dir: str = "outputs"
-    device: str = "cpu"
-    tta: str | None = None
-    refine: str | None = None
-    top_k: int = 5
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_image_bytes: int = 10_000_000
-    max_pixels: int = 40_000_000
-    max_zip_bytes: int = 200_000_000
-    max_zip_locations: int = 256
+    models_dir: str
+    device: str
+    tta: str | None
+    refine: str | None
+    top_k: int
+    max_batch: int
+    max_wait_ms: float
+    max_image_bytes: int
+    max_pixels: int
+    max_zip_bytes: int
+    max_zip_locations: int
 
     @property
     def limits(self) -> Limits:

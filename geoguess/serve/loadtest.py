@@ -194,25 +194,6 @@ def offline_rate(
     return float(np.median(rates))
 
 
-# The `serve` section's settings: `bench.serve_<key>` when the bench has it, else these.
-BENCH_DEFAULTS = {
-    "backbones": ["tiny", "efficientnet_lite0"],
-    "image_size": 224,
-    "clients": [1, 8, 32],
-    # Requests per client count (each run also stops after max_seconds).
-    "requests": 500,
-    "max_seconds": 120,
-    # Requests between the two RSS readings of rss_growth.
-    "rss_requests": 5000,
-    "rss_clients": 8,
-    "max_batch": 32,
-    "max_wait_ms": 5,
-    # The backbone whose 32-client throughput is measured with batching on and off (null: the last).
-    "batching_backbone": None,
-    "train_locations": 60,
-}
-
-
 def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Path:
     """A finished run of `backbone` at `image_size` px: a few training steps on generated
     data (the bench times serving, not accuracy). Returns the folder holding it."""
@@ -258,7 +239,7 @@ def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Pat
 def bench(options: dict, work: Path, source: Path | None, progress=print) -> dict:
     """{<backbone>: {<clients>: {p50_ms, p95_ms, p99_ms, requests_per_s, requests, errors},
     rss_growth, offline_locations_per_s, saturation_ratio}, batching_speedup}."""
-    o = {**BENCH_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    o = dict(options)  # every key of the section (conf/bench.yaml's bench.serve_<key>)
     views = write_views(work / "serve-views", source)
     batching = {
         "on": [f"serve.max_batch={o['max_batch']}", f"serve.max_wait_ms={o['max_wait_ms']}"]

@@ -124,9 +124,10 @@ class JoblibDevices(Callback):
     gpus: `auto` (the GPUs the sweep's process sees; none when the job's `trainer.accelerator`
         is `cpu`), a list of `CUDA_VISIBLE_DEVICES` entries (`[0,1]`), or 0 / [] for none.
     threads_per_job: `auto` (the cores divided by the jobs running at once) or a number.
+    Their defaults are conf/run_dir.yaml's.
     """
 
-    def __init__(self, gpus: Any = AUTO, threads_per_job: Any = AUTO) -> None:
+    def __init__(self, gpus: Any, threads_per_job: Any) -> None:
         self.gpus = gpus
         self.threads_per_job = threads_per_job
         self._machine_gpus: list[str] | None = None

@@ -14,10 +14,10 @@ class SyntheticDataModule(GeoDataModule):
     when missing (in `prepare_data`, so under DDP by rank 0 only); a given `root` must hold a
     dataset already."""
 
-    def __init__(self, root: str | Path | None = None, generator: dict | None = None, **kwargs):
+    def __init__(self, *, root: str | Path | None, generator: dict, **kwargs):
         super().__init__(**kwargs)
         self.root = root
-        self.generator = dict(generator or {"num_locations": 2000, "seed": 0, "image_size": 128})
+        self.generator = dict(generator)
 
     def dataset_roots(self) -> list[Path]:
         root = resolve_synthetic(

@@ -1,0 +1,125 @@
+"""Every setting's default is written once, in the YAML under conf/ (issue 24): the code that
+takes a setting (a data module, a scheduler, a settings dataclass, anything conf/ names by
+`_target_`) declares its type but no default of its own, which could drift from the YAML's."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from geoguess.bench.config import BenchSettings
+from geoguess.collect.settings import CollectSettings
+from geoguess.collect.streetview import RetryPolicy
+from geoguess.data.datamodule import FolderDataModule
+from geoguess.serve.app import Settings
+from geoguess.synthetic import SyntheticDataModule
+from tests.conftest import REPO_ROOT
+from tests.data_helpers import data_settings
+
+CONF = REPO_ROOT / "conf"
+# The run config's keys a data module takes besides the `data` group's (builders/train.py).
+RUN_KEYS = {"image_size", "seed"}
+# `_target_`s of conf/ whose defaults are still written in code too: library functions that
+# much code and many tests also call directly (`Country()` is the shipped Croatia;
+# `create_backbone(name)` and `build_grid(country, spacing)` their everyday settings). Anything
+# else conf/ builds must have none; this list only shrinks.
+STILL_TWICE = {
+    "geoguess.models.backbones.create_backbone",
+    "geoguess.geo.Country",
+    "geoguess.geo.build_grid",
+}
+
+
+def defaulted_parameters(function) -> set[str]:
+    """The parameters of `function` (a class: its constructor, inherited ones included) that
+    have a default."""
+    parameters = dict(inspect.signature(function).parameters)
+    if isinstance(function, type):
+        for base in function.__mro__[1:]:
+            init = base.__dict__.get("__init__")
+            if init is not None and base.__module__.startswith("geoguess"):
+                parameters = {**inspect.signature(init).parameters, **parameters}
+    return {
+        name
+        for name, p in parameters.items()
+        if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
+    }
+
+
+def defaulted_fields(cls) -> set[str]:
+    return {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+
+
+def yaml_block(name: str, block: str) -> DictConfig:
+    return OmegaConf.load(CONF / f"{name}.yaml")[block]
+
+
+@pytest.mark.parametrize(
+    ("kind", "module"), [("folder", FolderDataModule), ("synthetic", SyntheticDataModule)]
+)
+def test_data_modules_take_their_settings_without_defaults(kind, module):
+    keys = set(data_settings(kind)) | {"root"} | RUN_KEYS
+    assert {"split", "batch_size", "num_workers"} <= keys  # the YAML was read
+    assert not defaulted_parameters(module) & keys
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "scheduler").glob("*.yaml")), ids=lambda p: p.stem)
+def test_schedulers_take_their_settings_without_defaults(path: Path):
+    node = OmegaConf.load(path)
+    if "_target_" not in node:  # scheduler=none
+        return
+    keys = {k for k in node if not str(k).startswith("_")}
+    assert keys and not defaulted_parameters(get_object(node._target_)) & keys
+
+
+@pytest.mark.parametrize(
+    ("cls", "yaml", "not_fields"),
+    [
+        (BenchSettings, yaml_block("bench", "bench"), {"quick"}),
+        (CollectSettings, yaml_block("collect", "collect"), set()),
+        (Settings, yaml_block("serve", "serve"), {"host", "port", "workers"}),
+    ],
+    ids=["bench", "collect", "serve"],
+)
+def test_settings_dataclasses_are_the_yaml_keys_without_defaults(cls, yaml, not_fields):
+    names = {f.name for f in dataclasses.fields(cls)}
+    # Each key of the YAML is a field and each field a key: neither side holds a setting alone.
+    assert names == set(yaml) - not_fields
+    assert not defaulted_fields(cls)
+
+
+def test_the_retry_policy_is_collect_keys_without_defaults():
+    names = {f.name for f in dataclasses.fields(RetryPolicy)}
+    assert names <= set(yaml_block("collect", "collect")) and not defaulted_fields(RetryPolicy)
+
+
+def _targets(node, where: str):
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and target.startswith("geoguess."):
+            yield where, target, {k for k in node if not str(k).startswith("_")}
+        for key, value in node.items():
+            yield from _targets(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _targets(item, f"{where}[{i}]")
+
+
+def test_nothing_conf_builds_repeats_a_yaml_default():
+    found = {}
+    for path in sorted(CONF.rglob("*.yaml")):
+        plain = OmegaConf.to_container(OmegaConf.load(path))
+        for where, target, keys in _targets(plain, str(path.relative_to(CONF))):
+            twice = defaulted_parameters(get_object(target)) & keys
+            if twice and target not in STILL_TWICE:
+                found[where] = (target, sorted(twice))
+    assert not found, f"defaults written in code as well as in conf/: {found}"
