@@ -16,6 +16,7 @@ from geoguess.bench.config import BenchSettings
 from geoguess.collect.settings import CollectSettings
 from geoguess.collect.streetview import RetryPolicy
 from geoguess.data.datamodule import FolderDataModule
+from geoguess.serve.__main__ import PROCESS_KEYS
 from geoguess.serve.app import Settings
 from geoguess.synthetic import SyntheticDataModule
 from tests.conftest import REPO_ROOT
@@ -86,7 +87,7 @@ def test_schedulers_take_their_settings_without_defaults(path: Path):
     [
         (BenchSettings, yaml_block("bench", "bench"), {"quick"}),
         (CollectSettings, yaml_block("collect", "collect"), set()),
-        (Settings, yaml_block("serve", "serve"), {"host", "port", "workers"}),
+        (Settings, yaml_block("serve", "serve"), set(PROCESS_KEYS)),
     ],
     ids=["bench", "collect", "serve"],
 )

@@ -13,24 +13,41 @@ from geoguess.errors import GeoguessError
 from geoguess.utils.cli import CONFIG_PATH, user_errors
 
 SETTINGS_ENV = "GEOGUESS_SERVE_SETTINGS"
+CPU_THREAD_WAITS = ("passive", "active")
+# Keys of conf/serve.yaml for uvicorn or the process, not for the app's `Settings`.
+PROCESS_KEYS = ("host", "port", "workers", "cpu_thread_wait")
 
 
 @hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="serve")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    set_cpu_thread_wait(cfg.serve.cpu_thread_wait)
     run(cfg)
 
 
+def set_cpu_thread_wait(wait: str | None) -> None:
+    """`serve.cpu_thread_wait` as OMP_WAIT_POLICY, which OpenMP reads once, when torch first
+    loads: so before anything imports torch (this module does not)."""
+    if wait is None:
+        return
+    if wait not in CPU_THREAD_WAITS:
+        raise GeoguessError(f"serve.cpu_thread_wait={wait!r}: one of passive, active, null")
+    os.environ["OMP_WAIT_POLICY"] = wait.upper()
+
+
 def settings_of(cfg: DictConfig):
-    """`Settings` from `cfg.serve` (host, port and workers are uvicorn's)."""
+    """`Settings` from `cfg.serve` (less `PROCESS_KEYS`: uvicorn's and the process's)."""
     from geoguess.serve.app import Settings
 
     values = OmegaConf.to_container(cfg.serve, resolve=True)
-    for key in ("host", "port", "workers"):
+    for key in PROCESS_KEYS:
         values.pop(key, None)
     unknown = sorted(set(values) - set(Settings.__dataclass_fields__))
     if unknown:
         raise GeoguessError(f"serve.{unknown[0]} is not a setting of the server")
+    missing = sorted(set(Settings.__dataclass_fields__) - set(values))
+    if missing:
+        raise GeoguessError(f"serve.{missing[0]} is missing (conf/serve.yaml lists the keys)")
     if values.get("device") == "auto":
         import torch
 
