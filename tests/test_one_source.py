@@ -18,6 +18,7 @@ from geoguess.collect.streetview import RetryPolicy
 from geoguess.data.datamodule import FolderDataModule
 from geoguess.serve.app import Settings
 from geoguess.synthetic import SyntheticDataModule
+from tests.conf_helpers import from_conf
 from tests.conftest import REPO_ROOT
 from tests.data_helpers import data_settings
 
@@ -26,6 +27,13 @@ CONF = REPO_ROOT / "conf"
 RUN_KEYS = {"image_size", "seed"}
 # `_target_`s of conf/ whose defaults are still written in code too. Anything else conf/ builds
 # must have none; this list only shrinks.
+# `Country`: its defaults are no run's setting but the description of the outline shipped inside
+# the package (geoguess/geo/data/croatia.geojson, package data; its name and metric CRS), which
+# the library needs where no config exists: `Country.coerce(None)`, the synthetic world's
+# `country=None`, checkpoints, scripts and two dozen tests. conf/ is not package data, so the
+# package cannot read conf/country/croatia.yaml for it; that YAML picks the same shipped outline
+# (`boundary: null`) and restates its name and CRS, and
+# test_the_shipped_country_is_the_croatia_option pins the two equal so they cannot drift.
 STILL_TWICE = {
     "geoguess.geo.Country",
 }
@@ -138,3 +146,11 @@ def test_the_grids_helpers_take_the_grid_settings_without_defaults(target):
     keys = set().union(*(OmegaConf.load(p) for p in (CONF / "grid").glob("*.yaml")))
     assert "drop_empty" in keys
     assert not defaulted_parameters(get_object(target)) & keys
+
+
+def test_the_shipped_country_is_the_croatia_option():
+    """`Country()` (the shipped outline) and `country=croatia` are one country, field by field."""
+    country = get_object("geoguess.geo.Country")
+    keys = set(OmegaConf.load(CONF / "country" / "croatia.yaml")) - {"_target_"}
+    assert keys == defaulted_parameters(country) - {"geojson"}
+    assert from_conf("country", "croatia") == country()
