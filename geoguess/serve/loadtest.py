@@ -183,13 +183,29 @@ def offline_rate(
             folder.mkdir(parents=True)
             for heading in HEADINGS:
                 (folder / f"{heading}.jpg").symlink_to((views / f"{heading}.jpg").resolve())
-    # As the command predicts by default (conf/predict.yaml: as the run was tested), on the CPU.
-    settings = {"num_workers": 0, "device": "cpu", "tta": None, "refine": None}
-    predict(checkpoint, root, batch_size=batch, progress=False, **settings)
+    predict(
+        checkpoint,
+        root,
+        batch_size=batch,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tta=None,
+        refine=None,
+    )
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        frame, _ = predict(checkpoint, root, batch_size=batch, progress=False, **settings)
+        frame, _ = predict(
+            checkpoint,
+            root,
+            batch_size=batch,
+            num_workers=0,
+            device="cpu",
+            progress=False,
+            tta=None,
+            refine=None,
+        )
         rates.append(len(frame) / (time.perf_counter() - start))
     return float(np.median(rates))
 
