@@ -110,12 +110,13 @@ def check_output(output: Path, overwrite: bool) -> None:
 def predict(
     checkpoint: str | Path,
     root: str | Path,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: str = "auto",
+    batch_size: int,
+    num_workers: int,
+    device: str,
     progress: bool = True,
-    tta: str | None = None,
-    refine: str | None = None,
+    *,
+    tta: str | None,
+    refine: str | None,
     say: Callable[[str], None] = print,
     progress_seconds: float = PROGRESS_SECONDS,
 ) -> tuple[pd.DataFrame, list]:

@@ -191,7 +191,7 @@ def test_round_trip_through_json_is_exact(grid, croatia):
     lat, lon = croatia_points(300, seed=9)
     np.testing.assert_array_equal(again.assign(lat, lon), grid.assign(lat, lon))
     # A square grid's dict without `kind` (old checkpoints) is still a square grid.
-    square = build_grid(croatia, 0.8).to_dict()
+    square = build_grid(croatia, 0.8, drop_empty=True).to_dict()
     assert square.pop("kind") == "square"
     assert isinstance(grid_from_dict(square), ClassGrid)
     with pytest.raises(GridError, match="unknown grid kind 'hexagons'"):
@@ -289,14 +289,16 @@ def test_regions_without_training_locations_are_dropped(croatia, tmp_path):
     north = lat > (croatia.bounds[1] + croatia.bounds[3]) / 2
     west = lon < (croatia.bounds[0] + croatia.bounds[2]) / 2
     keep = north | west  # nothing in the south-east
-    grid = build_region_grid(croatia, tmp_path / "regions.geojson", lat[keep], lon[keep])
+    grid = build_region_grid(
+        croatia, tmp_path / "regions.geojson", lat[keep], lon[keep], drop_empty=True
+    )
     assert grid.table["region"].tolist() == ["south-west", "north-west", "north-east"]
     assert grid.table["train_count"].sum() == keep.sum()
 
 
 def test_unusable_region_files_say_why(croatia, tmp_path):
     with pytest.raises(BoundaryError, match="does not exist"):
-        build_region_grid(croatia, tmp_path / "nope.geojson")
+        build_region_grid(croatia, tmp_path / "nope.geojson", drop_empty=True)
     points = tmp_path / "points.geojson"
     points.write_text(
         json.dumps(
@@ -313,7 +315,7 @@ def test_unusable_region_files_say_why(croatia, tmp_path):
         )
     )
     with pytest.raises(BoundaryError, match="feature 0 is a Point, not a polygon"):
-        build_region_grid(croatia, points)
+        build_region_grid(croatia, points, drop_empty=True)
     elsewhere = tmp_path / "elsewhere.geojson"
     quadrants(Country(boundary=None), elsewhere)
     text = elsewhere.read_text()
@@ -322,7 +324,7 @@ def test_unusable_region_files_say_why(croatia, tmp_path):
         feature["geometry"] = json.loads(shapely.to_geojson(shapely.box(5, 20, 6, 21)))
     elsewhere.write_text(json.dumps(far))
     with pytest.raises(GridError, match="no region intersects Croatia"):
-        build_region_grid(croatia, elsewhere)
+        build_region_grid(croatia, elsewhere, drop_empty=True)
 
 
 # -- the grid command -------------------------------------------------------------------------

@@ -224,7 +224,7 @@ def test_sampling_is_uniform_by_area_inside_and_deterministic(country):
 
 
 def test_balance_with_samples_only_thin_classes_and_keeps_its_plan(country, tmp_path):
-    grid = build_grid(country, 0.5)
+    grid = build_grid(country, 0.5, drop_empty=True)
     lat, lon = sample_points(country, 400, seed=1)
     zagreb = np.full(300, 45.81), np.full(300, 15.98)
     lat, lon = np.concatenate([lat, zagreb[0]]), np.concatenate([lon, zagreb[1]])
@@ -246,7 +246,7 @@ def test_balance_with_samples_only_thin_classes_and_keeps_its_plan(country, tmp_
     )
     config = settings(tmp_path / "out", "http://unused", n=50, balance_with=existing)
     store = DatasetStore.open(config.out)
-    factory = partial(build_grid, spacing=0.5)
+    factory = partial(build_grid, spacing=0.5, drop_empty=True)
     plan = load_plan(store, config, country, factory)
     assert thin.to_numpy()[grid.assign(plan.sample_latitude, plan.sample_longitude)].all()
     pd.DataFrame({"uuid": [0], "latitude": [45.0], "longitude": [15.0]}).to_csv(

@@ -74,20 +74,21 @@ def saved(tmp_path_factory) -> Path:
     network."""
     from geoguess.data import FittedData
     from geoguess.data.targets import TargetSpace
-    from geoguess.geo import Country, build_grid
+    from geoguess.geo import Country
     from geoguess.models import backbones
     from geoguess.models.module import GeoguessModule
     from geoguess.models.network import GeoNetwork, input_stats
     from geoguess.models.spec import BackboneSpec, HeadSpec, NetworkSpec
+    from tests.conf_helpers import from_conf
     from tests.data_helpers import croatia_points
 
     country = Country()
     lat, lon = croatia_points(100, seed=1)
-    grid = build_grid(country, 0.8, train_lat=lat, train_lon=lon)
+    grid = from_conf("grid", "square", spacing=0.8)(country, train_lat=lat, train_lon=lon)
     fitted = FittedData(
         TargetSpace.fit(lat, lon), grid, (0.4, 0.5, 0.45), (0.2, 0.25, 0.22), 32, country
     )
-    backbone = backbones.create_backbone("tiny")
+    backbone = from_conf("backbone", "tiny")
     mean, std = input_stats(backbone, fitted, "auto", False)
     spec = NetworkSpec(
         backbone=BackboneSpec(backbones.backbone_name(backbone), backbones.global_pool(backbone)),

@@ -52,7 +52,7 @@ def make_dm(root, cache_dir, **kwargs) -> FolderDataModule:
     kwargs.setdefault("num_workers", 0)
     kwargs.setdefault("batch_size", 8)
     kwargs.setdefault("split_by", "hash")
-    kwargs.setdefault("grid", partial(build_grid, spacing=0.5))
+    kwargs.setdefault("grid", partial(build_grid, spacing=0.5, drop_empty=True))
     settings = {**data_settings(), "cache_dir": cache_dir, **kwargs}
     return FolderDataModule(root, country=croatia(), progress=False, **settings)
 
@@ -376,7 +376,7 @@ def test_generated_dataset_lives_in_the_cache_keyed_by_country(tmp_path, monkeyp
         **{**data_settings("synthetic"), "generator": generator, "num_workers": 0},
         root=None,
         country=croatia(),
-        grid=partial(build_grid, spacing=0.5),
+        grid=partial(build_grid, spacing=0.5, drop_empty=True),
         image_size=SIZE,
         seed=0,
         progress=False,
@@ -397,7 +397,7 @@ def test_a_given_root_without_data_is_an_error_and_nothing_is_created(tmp_path):
         **{**data_settings("synthetic"), "num_workers": 0},
         root=str(typo),
         country=croatia(),
-        grid=partial(build_grid, spacing=0.5),
+        grid=partial(build_grid, spacing=0.5, drop_empty=True),
         image_size=SIZE,
         seed=0,
         progress=False,

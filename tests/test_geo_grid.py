@@ -14,12 +14,12 @@ def croatia() -> Country:
 
 @pytest.mark.parametrize("spacing, expected", [(0.5, 58), (0.8, 28)])
 def test_class_counts_match_the_boundary(croatia, spacing, expected):
-    assert build_grid(croatia, spacing).num_classes == expected
+    assert build_grid(croatia, spacing, drop_empty=True).num_classes == expected
 
 
 @pytest.mark.parametrize("spacing", [0.2, 0.3, 0.5, 0.8, 1.7])
 def test_every_cell_is_on_land_and_every_prediction_point_too(croatia, spacing):
-    grid = build_grid(croatia, spacing)
+    grid = build_grid(croatia, spacing, drop_empty=True)
     cells = grid.cells()
     land_area = shapely.area(shapely.intersection(cells, croatia.geometry))
     assert (land_area > 0).all()
@@ -43,7 +43,7 @@ def test_every_cell_is_on_land_and_every_prediction_point_too(croatia, spacing):
 
 
 def test_clipped_only_when_the_centroid_is_off_land(croatia):
-    grid = build_grid(croatia, 0.5)
+    grid = build_grid(croatia, 0.5, drop_empty=True)
     t = grid.table
     centroid_on_land = croatia.contains(t["centroid_latitude"], t["centroid_longitude"])
     assert (t["clipped"] == ~centroid_on_land).all()
@@ -71,7 +71,7 @@ def test_clipped_only_when_the_centroid_is_off_land(croatia):
 
 
 def test_assign_is_arithmetic_and_falls_back_to_the_nearest_class(croatia):
-    grid = build_grid(croatia, 0.5)
+    grid = build_grid(croatia, 0.5, drop_empty=True)
     lat, lon = grid.points("clipped")
     np.testing.assert_array_equal(grid.assign(lat, lon), grid.table["class_id"].to_numpy())
     # Points in the open sea far from any class cell still get the class of the nearest cell.
@@ -90,12 +90,12 @@ def test_assign_is_arithmetic_and_falls_back_to_the_nearest_class(croatia):
 
 
 def test_training_locations_drop_empty_cells_and_give_means(croatia):
-    full = build_grid(croatia, 0.5)
+    full = build_grid(croatia, 0.5, drop_empty=True)
     rng = np.random.default_rng(1)
     keep = full.table.sample(20, random_state=0)
     lat = np.repeat(keep["latitude"].to_numpy(), 3) + rng.normal(0, 0.01, 60)
     lon = np.repeat(keep["longitude"].to_numpy(), 3) + rng.normal(0, 0.01, 60)
-    grid = build_grid(croatia, 0.5, train_lat=lat, train_lon=lon)
+    grid = build_grid(croatia, 0.5, train_lat=lat, train_lon=lon, drop_empty=True)
     assert grid.num_classes == 20
     assert grid.table["class_id"].tolist() == list(range(20))
     assert (grid.table["train_count"] == 3).all()
@@ -127,11 +127,11 @@ def test_round_trip_and_frame(croatia):
 @pytest.mark.parametrize("spacing", [0, -0.5, float("nan"), "abc"])
 def test_bad_spacing(croatia, spacing):
     with pytest.raises(GridError, match="grid.spacing"):
-        build_grid(croatia, spacing)
+        build_grid(croatia, spacing, drop_empty=True)
 
 
 def test_too_fine_spacing_and_no_training_class(croatia):
     with pytest.raises(GridError, match="cells"):
-        build_grid(croatia, 0.001)
+        build_grid(croatia, 0.001, drop_empty=True)
     with pytest.raises(ValueError, match="latitude nan"):
-        build_grid(croatia, 0.5, train_lat=[np.nan], train_lon=[16.0])
+        build_grid(croatia, 0.5, train_lat=[np.nan], train_lon=[16.0], drop_empty=True)

@@ -28,12 +28,13 @@ def fitted_data():
     """The `fitted` fixture of tests/test_models.py, made again in each process."""
     from geoguess.data import FittedData
     from geoguess.data.targets import TargetSpace
-    from geoguess.geo import Country, build_grid
+    from geoguess.geo import Country
+    from tests.conf_helpers import from_conf
     from tests.data_helpers import croatia_points
 
     country = Country()
     lat, lon = croatia_points(300, seed=1)
-    grid = build_grid(country, 0.8, train_lat=lat, train_lon=lon)
+    grid = from_conf("grid", "square", spacing=0.8)(country, train_lat=lat, train_lon=lon)
     return FittedData(
         TargetSpace.fit(lat, lon), grid, (0.4, 0.5, 0.45), (0.2, 0.25, 0.22), 32, country
     )

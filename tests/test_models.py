@@ -13,7 +13,7 @@ from geoguess import metrics
 from geoguess.builders import build_module as build_model
 from geoguess.builders import build_trainer
 from geoguess.errors import GeoguessError
-from geoguess.geo import Country, build_grid, haversine_km
+from geoguess.geo import Country, haversine_km
 from geoguess.models import backbones, fusion, heads, unfreeze
 from geoguess.models.module import GeoguessModule, NonFiniteLossError
 from geoguess.models.network import GeoNetwork, input_stats
@@ -40,7 +40,7 @@ def fitted(country):
     from tests.data_helpers import croatia_points
 
     lat, lon = croatia_points(300, seed=1)
-    grid = build_grid(country, 0.8, train_lat=lat, train_lon=lon)
+    grid = from_conf("grid", "square", spacing=0.8)(country, train_lat=lat, train_lon=lon)
     targets = TargetSpace.fit(lat, lon)
     return FittedData(targets, grid, (0.4, 0.5, 0.45), (0.2, 0.25, 0.22), 32, country)
 
@@ -319,15 +319,15 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(GeoguessError, match="neither one of"):
-        backbones.create_backbone("resnet_from_mars")
+        from_conf("backbone", "tiny", name="resnet_from_mars")
 
 
 def test_pretrained_file_loads_local_weights(tmp_path):
-    reference = backbones.create_backbone("tiny")
+    reference = from_conf("backbone", "tiny")
     path = tmp_path / "weights.pth"
     torch.save(reference.state_dict(), path)
-    loaded = backbones.create_backbone("tiny", pretrained=False, pretrained_file=str(path))
-    other = backbones.create_backbone("tiny")
+    loaded = from_conf("backbone", "tiny", pretrained_file=str(path))
+    other = from_conf("backbone", "tiny")
     key = next(iter(reference.state_dict()))
     assert torch.equal(loaded.state_dict()[key], reference.state_dict()[key])
     assert not torch.equal(other.state_dict()[key], reference.state_dict()[key])
@@ -335,11 +335,11 @@ def test_pretrained_file_loads_local_weights(tmp_path):
 
 def test_missing_weights_say_how_to_pass_them(tmp_path):
     with pytest.raises(GeoguessError, match="pretrained_file=.*does not exist"):
-        backbones.create_backbone("tiny", pretrained_file=str(tmp_path / "nope.pth"))
+        from_conf("backbone", "tiny", pretrained_file=str(tmp_path / "nope.pth"))
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not weights")
     with pytest.raises(GeoguessError) as info:
-        backbones.create_backbone("tiny", pretrained_file=str(broken))
+        from_conf("backbone", "tiny", pretrained_file=str(broken))
     assert "backbone.pretrained_file" in str(info.value)
     assert "backbone.pretrained=false" in str(info.value)
 
@@ -486,7 +486,7 @@ def _network(
     """A network as `build_module` makes one, with the spec's fields in `changes`."""
     import dataclasses
 
-    backbone = backbone if backbone is not None else backbones.create_backbone("tiny")
+    backbone = backbone if backbone is not None else from_conf("backbone", "tiny")
     mean, std = input_stats(backbone, fitted, normalize, pretrained)
     spec = NetworkSpec(
         backbone=BackboneSpec(backbones.backbone_name(backbone), backbones.global_pool(backbone)),
@@ -605,7 +605,7 @@ def test_training_step_and_nan_loss(fitted):
 def test_checkpoint_extras_are_plain_data_that_rebuild_the_network(fitted):
     import json
 
-    backbone = backbones.create_backbone("tiny", global_pool="catavgmax")
+    backbone = from_conf("backbone", "tiny", global_pool="catavgmax")
     network = _network(fitted, backbone=backbone, fusion="attention", hidden=24, dropout=0.3)
     module = GeoguessModule(network, config={"backbone": {"name": "tiny"}}).eval()
     checkpoint = {}
@@ -689,7 +689,7 @@ def test_a_format_2_checkpoint_migrates_and_rebuilds_as_it_ran(fitted):
 
 @pytest.mark.parametrize("pool, width", [("avg", 256), ("max", 256), ("catavgmax", 512)])
 def test_global_pool_sets_what_the_backbone_returns(pool, width):
-    backbone = backbones.create_backbone("tiny", global_pool=pool).eval()
+    backbone = from_conf("backbone", "tiny", global_pool=pool).eval()
     x = torch.rand(2, 3, 32, 32)
     features = backbone(x)
     assert features.shape == (2, width) == (2, backbones.feature_size(backbone))
@@ -700,7 +700,7 @@ def test_global_pool_sets_what_the_backbone_returns(pool, width):
         expected = backbone.forward_features(x).amax(dim=(2, 3))
         torch.testing.assert_close(features, expected)
     with pytest.raises(backbones.BackboneError, match="global_pool='gem'"):
-        backbones.create_backbone("tiny", global_pool="gem")
+        from_conf("backbone", "tiny", global_pool="gem")
 
 
 def test_a_hidden_layer_combines_features_a_linear_head_cannot():
@@ -753,7 +753,7 @@ def test_schedules():
 
 
 def test_apply_schedule_freezes_stages_and_their_batchnorm():
-    backbone = backbones.create_backbone("tiny").train()
+    backbone = from_conf("backbone", "tiny").train()
     stages = backbones.stage_parameters(backbone)
     assert len(stages) > 2
     unfreeze.apply_schedule(backbone, 1)
@@ -957,7 +957,7 @@ def test_mirror_tta_applies_at_test_not_in_the_epochs_validation(fitted, monkeyp
 def test_any_timm_backbone_fits_the_fusion_whatever_follows_its_pooling(name, fitted):
     """LCNet and MobileNetV3 end in a hidden layer after the pooling (1,280 features, not
     `num_features`): the fusion must be built for what the backbone really returns."""
-    backbone = backbones.create_backbone(name)
+    backbone = from_conf("backbone", "tiny", name=name)
     module = GeoguessModule(_network(fitted, backbone=backbone))
     width = backbone.eval()(torch.zeros(2, 3, 32, 32)).shape[-1]
     assert backbones.feature_size(backbone) == width

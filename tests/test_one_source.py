@@ -19,20 +19,24 @@ from geoguess.data.datamodule import FolderDataModule
 from geoguess.serve.__main__ import PROCESS_KEYS
 from geoguess.serve.app import Settings
 from geoguess.synthetic import SyntheticDataModule
+from tests.conf_helpers import from_conf
 from tests.conftest import REPO_ROOT
 from tests.data_helpers import data_settings
 
 CONF = REPO_ROOT / "conf"
 # The run config's keys a data module takes besides the `data` group's (builders/train.py).
 RUN_KEYS = {"image_size", "seed"}
-# `_target_`s of conf/ whose defaults are still written in code too: library functions that
-# much code and many tests also call directly (`Country()` is the shipped Croatia;
-# `create_backbone(name)` and `build_grid(country, spacing)` their everyday settings). Anything
-# else conf/ builds must have none; this list only shrinks.
+# `_target_`s of conf/ whose defaults are still written in code too. Anything else conf/ builds
+# must have none; this list only shrinks.
+# `Country`: its defaults are no run's setting but the description of the outline shipped inside
+# the package (geoguess/geo/data/croatia.geojson, package data; its name and metric CRS), which
+# the library needs where no config exists: `Country.coerce(None)`, the synthetic world's
+# `country=None`, checkpoints, scripts and two dozen tests. conf/ is not package data, so the
+# package cannot read conf/country/croatia.yaml for it; that YAML picks the same shipped outline
+# (`boundary: null`) and restates its name and CRS, and
+# test_the_shipped_country_is_the_croatia_option pins the two equal so they cannot drift.
 STILL_TWICE = {
-    "geoguess.models.backbones.create_backbone",
     "geoguess.geo.Country",
-    "geoguess.geo.build_grid",
 }
 
 
@@ -124,3 +128,30 @@ def test_nothing_conf_builds_repeats_a_yaml_default():
             if twice and target not in STILL_TWICE:
                 found[where] = (target, sorted(twice))
     assert not found, f"defaults written in code as well as in conf/: {found}"
+
+
+def test_prediction_takes_the_commands_settings_without_defaults():
+    """`inference.predict` gets what conf/predict.yaml holds from `geoguess.predict`."""
+    predict = get_object("geoguess.inference.predict")
+    node = OmegaConf.load(CONF / "predict.yaml")
+    keys = (set(node) | set(node.data)) & set(inspect.signature(predict).parameters)
+    assert {"batch_size", "num_workers", "device", "tta", "refine"} <= keys
+    assert not defaulted_parameters(predict) & keys
+
+
+@pytest.mark.parametrize(
+    "target", ["geoguess.geo.build_region_grid", "geoguess.geo.geocells.with_training_locations"]
+)
+def test_the_grids_helpers_take_the_grid_settings_without_defaults(target):
+    """What the grids of conf/grid/ call with their settings (`drop_empty`) defaults none."""
+    keys = set().union(*(OmegaConf.load(p) for p in (CONF / "grid").glob("*.yaml")))
+    assert "drop_empty" in keys
+    assert not defaulted_parameters(get_object(target)) & keys
+
+
+def test_the_shipped_country_is_the_croatia_option():
+    """`Country()` (the shipped outline) and `country=croatia` are one country, field by field."""
+    country = get_object("geoguess.geo.Country")
+    keys = set(OmegaConf.load(CONF / "country" / "croatia.yaml")) - {"_target_"}
+    assert keys == defaulted_parameters(country) - {"geojson"}
+    assert from_conf("country", "croatia") == country()

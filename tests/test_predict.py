@@ -14,14 +14,30 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from geoguess import inference
 from geoguess.errors import GeoguessError
 from geoguess.inference import predict
 from geoguess.models.checkpoint import CheckpointError, load_network
 from geoguess.predict import run
+from tests.conftest import REPO_ROOT
 from tests.data_helpers import truncate
 from tests.train_helpers import FAST, composed, dataset, folder_data, run_cli, run_training
+
+
+def predict_as_configured(checkpoint, root, **overrides):
+    """`inference.predict` with the settings `geoguess.predict` gives it from conf/predict.yaml,
+    `overrides` over them."""
+    cfg = OmegaConf.load(REPO_ROOT / "conf" / "predict.yaml")
+    settings = {
+        "batch_size": cfg.data.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "device": cfg.device,
+        "tta": cfg.tta,
+        "refine": cfg.refine,
+    }
+    return predict(checkpoint, root, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +75,7 @@ def predict_with(tmp_path: Path, checkpoint, root, output, *extra) -> Path:
 
 
 def test_predictions_reproduce_the_test_predictions_of_training(trained, data_root):
-    frame, failures = predict(trained["best_checkpoint"], data_root, batch_size=16)
+    frame, failures = predict_as_configured(trained["best_checkpoint"], data_root, batch_size=16)
     assert not failures
     uuids = sorted(p.name for p in (data_root / "images").iterdir() if p.is_dir())
     assert sorted(frame["uuid"]) == uuids  # every folder, once
@@ -119,7 +135,7 @@ def test_a_frozen_bf16_channels_last_model_predicts_as_it_tested(data_root, tmp_
     settings = ["unfreeze=frozen", "model.frozen_precision=bf16", "model.channels_last=true"]
     overrides = [*FAST, *folder_data(data_root), "trainer.limit_test_batches=null", *settings]
     results = run_training(overrides, tmp_path)
-    frame, failures = predict(results["best_checkpoint"], data_root, batch_size=16)
+    frame, failures = predict_as_configured(results["best_checkpoint"], data_root, batch_size=16)
     tested = pd.read_csv(tmp_path / "predictions_test.csv")
     merged = tested.merge(frame, on="uuid", suffixes=("_train", ""))
     assert not failures and len(merged) == len(tested) > 0
@@ -216,7 +232,7 @@ def test_data_csv_is_optional(trained, data_root, tmp_path, capsys):
 
 def test_bad_checkpoints_get_one_plain_message(trained, data_root, tmp_path):
     last = trained["run"] / "checkpoints" / "last.ckpt"
-    assert len(predict(last, data_root)[0]) == 80
+    assert len(predict_as_configured(last, data_root)[0]) == 80
     whole = last.read_bytes()
     files = {
         "missing.ckpt": None,
@@ -239,7 +255,7 @@ def test_bad_checkpoints_get_one_plain_message(trained, data_root, tmp_path):
     }
     for name, pattern in expected.items():
         with pytest.raises(CheckpointError, match=pattern) as error:
-            predict(tmp_path / name, data_root)
+            predict_as_configured(tmp_path / name, data_root)
         assert "weights_only" not in str(error.value) and "Traceback" not in str(error.value)
     with pytest.raises(CheckpointError, match="does not exist"):
         predict_with(tmp_path, tmp_path / "missing.ckpt", data_root, tmp_path / "p.csv")
@@ -266,7 +282,9 @@ def test_a_crafted_checkpoint_runs_nothing(trained, data_root, tmp_path):
         checkpoint["geoguess"]["config"][key] = dict(evil)
     crafted = tmp_path / "crafted-config.ckpt"
     torch.save(checkpoint, crafted)
-    frame, _ = predict(crafted, data_root)  # the config is provenance, never instantiated
+    frame, _ = predict_as_configured(
+        crafted, data_root
+    )  # the config is provenance, never instantiated
     assert len(frame) == 80 and not marker.exists()
     # 2. A model description naming something else than the suite's registries.
     for part, value in (
@@ -282,13 +300,13 @@ def test_a_crafted_checkpoint_runs_nothing(trained, data_root, tmp_path):
         path = tmp_path / f"crafted-{'-'.join(part)}.ckpt"
         torch.save(bad, path)
         with pytest.raises(GeoguessError):
-            predict(path, data_root)
+            predict_as_configured(path, data_root)
         assert not marker.exists()
     # 3. A pickle that would run code when loaded with weights_only=False.
     pickled = tmp_path / "pickle.ckpt"
     torch.save({"state_dict": {}, "geoguess": _Payload(str(marker))}, pickled)
     with pytest.raises(CheckpointError, match="refused"):
-        predict(pickled, data_root)
+        predict_as_configured(pickled, data_root)
     assert not marker.exists()
     # The same refusal for a resumed training run.
     with pytest.raises(CheckpointError, match="refused"):

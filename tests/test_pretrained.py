@@ -16,6 +16,7 @@ from timm.data import ImageNetInfo, create_transform, resolve_model_data_config
 
 from geoguess.models import backbones, pretrained
 from geoguess.models.backbones import BackboneError
+from tests.conf_helpers import from_conf
 from tests.train_helpers import composed
 
 # ImageNet classes a Street View frame of Croatia plausibly shows: landscapes, fences and
@@ -151,12 +152,12 @@ def test_backbone_option_loads_the_shipped_weights_offline(
     for key, value in model.state_dict().items():
         assert torch.equal(value, mapped[key]), key
     # A second backbone reuses the cached file, and both give the same features.
-    again = backbones.create_backbone("efficientnet_lite0", pretrained=True).eval()
+    again = from_conf("backbone", "efficientnet_lite0").eval()
     assert cached[0].stat().st_mtime_ns == written
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         features, features_again = model(x), again(x)
-        scratch = backbones.create_backbone("efficientnet_lite0", pretrained=False).eval()(x)
+        scratch = from_conf("backbone", "efficientnet_lite0", pretrained=False).eval()(x)
     assert features.shape == (2, 1280)
     torch.testing.assert_close(features, features_again, rtol=0, atol=0)
     # The features are those of the weights (a regression value, measured once).
@@ -168,7 +169,7 @@ def test_pretrained_file_still_overrides_the_shipped_weights(tmp_path):
     scratch = timm.create_model(pretrained.LITE0_ARCH, pretrained=False, num_classes=0)
     path = tmp_path / "mine.pth"
     torch.save(scratch.state_dict(), path)
-    model = backbones.create_backbone("efficientnet_lite0", pretrained=True, pretrained_file=path)
+    model = from_conf("backbone", "efficientnet_lite0", pretrained_file=str(path))
     assert torch.equal(model.conv_stem.weight, scratch.conv_stem.weight)
 
 
@@ -214,7 +215,7 @@ def empty_caches(tmp_path, monkeypatch):
 def test_offline_download_is_refused_at_once_with_the_ways_out(empty_caches, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneError) as info:
-        backbones.create_backbone("resnext50", pretrained=True)
+        from_conf("backbone", "resnext50")
     message = str(info.value)
     assert "resnext50_32x4d" in message and "HF_HUB_OFFLINE" in message
     assert "backbone.pretrained_file" in message
@@ -229,7 +230,7 @@ def test_an_unreachable_hub_is_refused_at_once(empty_caches, monkeypatch):
     asked = []
     monkeypatch.setattr(pretrained, "host_reachable", lambda host: asked.append(host) or False)
     with pytest.raises(BackboneError, match="huggingface.co is unreachable"):
-        backbones.create_backbone("efficientnet_b0", pretrained=True)
+        from_conf("backbone", "efficientnet_b0")
     assert asked == ["huggingface.co"]
     # With a proxy the probe cannot tell: timm is left to try.
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")

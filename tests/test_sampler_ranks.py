@@ -36,7 +36,7 @@ def make_dm(root: Path, cache_dir: Path) -> FolderDataModule:
         progress=False,
         image_size=16,
         seed=0,
-        grid=partial(build_grid, spacing=0.5),
+        grid=partial(build_grid, spacing=0.5, drop_empty=True),
     )
 
 

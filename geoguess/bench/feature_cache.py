@@ -76,7 +76,9 @@ def bench_frozen_pass(settings: BenchSettings) -> dict:
     float32, channels-last, and channels-last bf16, on blocks of the feature cache's size, and
     bf16's error relative to float32. Random weights: the speed is the architecture's."""
     torch.manual_seed(0)
-    backbone = create_backbone(settings.feature_cache_backbone, pretrained=False).eval()
+    backbone = create_backbone(
+        settings.feature_cache_backbone, pretrained=False, pretrained_file=None, global_pool="avg"
+    ).eval()
     size = settings.feature_cache_image_size
     images = torch.rand(4 * BATCH_LOCATIONS, 3, size, size) * 2 - 1
     figures, features = {}, {}

@@ -30,7 +30,10 @@ class BenchNet(nn.Module):
 
     def __init__(self, backbone: str, classes: int = 64) -> None:
         super().__init__()
-        self.backbone = create_backbone(backbone, pretrained=False)
+        # Random weights and timm's usual pooling: the speed measured is the architecture's.
+        self.backbone = create_backbone(
+            backbone, pretrained=False, pretrained_file=None, global_pool="avg"
+        )
         self.head = nn.Linear(4 * feature_size(self.backbone), classes)
         self.register_buffer("mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))

@@ -123,7 +123,8 @@ def build_grid(
     spacing: float,
     train_lat=None,
     train_lon=None,
-    drop_empty: bool = True,
+    *,
+    drop_empty: bool,
 ) -> ClassGrid:
     """Square grid over `country`; cells without land dropped; centroids clipped onto land.
 

@@ -145,7 +145,7 @@ def clip_onto_land(country: Country, land_in_cell, lat: float, lon: float) -> tu
     return float(p_lat), float(p_lon)
 
 
-def with_training_locations(grid: Geocells, lat, lon, drop_empty: bool = True) -> Geocells:
+def with_training_locations(grid: Geocells, lat, lon, *, drop_empty: bool) -> Geocells:
     """Add per-class training counts and mean locations; drop empty classes when asked."""
     lat, lon = check_latlon(lat, lon, "training locations")
     classes = grid.assign(lat, lon, nearest=True)

@@ -17,7 +17,12 @@ from geoguess.geo.polygon_grid import PolygonGrid, polygon_grid
 
 
 def build_region_grid(
-    country: Country, regions: str | Path, train_lat=None, train_lon=None, drop_empty: bool = True
+    country: Country,
+    regions: str | Path,
+    train_lat=None,
+    train_lon=None,
+    *,
+    drop_empty: bool,
 ) -> PolygonGrid:
     """One class per region polygon of the file `regions` that intersects the country."""
     names, geometries = load_region_polygons(regions)

@@ -53,9 +53,10 @@ def timm_name(name: str) -> str:
 
 def create_backbone(
     name: str,
-    pretrained: bool = False,
-    pretrained_file: str | None = None,
-    global_pool: str = "avg",
+    *,
+    pretrained: bool,
+    pretrained_file: str | None,
+    global_pool: str,
 ) -> nn.Module:
     """A timm model with `num_classes=0`: `forward` returns `[N, F]` features pooled by
     `global_pool` (one of `POOLS`; `catavgmax` doubles `F`).

@@ -51,7 +51,10 @@ class GeoNetwork(nn.Module):
         """The network of a checkpoint: the backbone from timm's registry without weights (the
         checkpoint's state_dict brings them), the rest from the suite's registries."""
         backbone = create_backbone(
-            spec.backbone.name, pretrained=False, global_pool=spec.backbone.global_pool
+            spec.backbone.name,
+            pretrained=False,
+            pretrained_file=None,
+            global_pool=spec.backbone.global_pool,
         )
         return cls(backbone, spec, fitted)
 

@@ -183,12 +183,28 @@ def offline_rate(
             folder.mkdir(parents=True)
             for heading in HEADINGS:
                 (folder / f"{heading}.jpg").symlink_to((views / f"{heading}.jpg").resolve())
-    predict(checkpoint, root, batch_size=batch, num_workers=0, device="cpu", progress=False)
+    predict(
+        checkpoint,
+        root,
+        batch_size=batch,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tta=None,
+        refine=None,
+    )
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         frame, _ = predict(
-            checkpoint, root, batch_size=batch, num_workers=0, device="cpu", progress=False
+            checkpoint,
+            root,
+            batch_size=batch,
+            num_workers=0,
+            device="cpu",
+            progress=False,
+            tta=None,
+            refine=None,
         )
         rates.append(len(frame) / (time.perf_counter() - start))
     return float(np.median(rates))
