@@ -155,3 +155,11 @@ def test_the_shipped_country_is_the_croatia_option():
     keys = set(OmegaConf.load(CONF / "country" / "croatia.yaml")) - {"_target_"}
     assert keys == defaulted_parameters(country) - {"geojson"}
     assert from_conf("country", "croatia") == country()
+
+
+def test_the_generator_takes_the_data_groups_settings_without_defaults():
+    """`synthetic.generate` gets `data.generator.*` and `data.num_workers` from its callers."""
+    generate = get_object("geoguess.synthetic.generate")
+    keys = set(data_settings("synthetic")["generator"]) | {"workers"}
+    assert keys == {"num_locations", "seed", "image_size", "workers"}  # the YAML was read
+    assert not defaulted_parameters(generate) & keys

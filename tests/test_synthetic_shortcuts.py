@@ -31,7 +31,15 @@ from geoguess.synthetic.probe import (
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("v2") / "data"
-    return generate(root, num_locations=400, seed=11, country=Country(), progress=False)
+    return generate(
+        root,
+        num_locations=400,
+        seed=11,
+        image_size=128,
+        workers=2,
+        country=Country(),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,12 @@ def dataset(base: Path, num_locations: int = 80, image_size: int = 32, seed: int
     root = Path(base) / f"synthetic-n{num_locations}-s{seed}-{image_size}px"
     if not (root / "data.csv").exists():
         generate(
-            root, num_locations=num_locations, seed=seed, image_size=image_size, progress=False
+            root,
+            num_locations=num_locations,
+            seed=seed,
+            image_size=image_size,
+            workers=2,
+            progress=False,
         )
     return root
 

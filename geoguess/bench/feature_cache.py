@@ -33,7 +33,14 @@ def bench_feature_cache(settings: BenchSettings, work: Path) -> dict:
     root = work / "feature-cache-data"
     if not (root / "data.csv").exists():
         size = max(64, settings.feature_cache_image_size // 2)
-        generate(root, settings.feature_cache_locations, image_size=size, progress=False)
+        generate(
+            root,
+            num_locations=settings.feature_cache_locations,
+            seed=0,
+            image_size=size,
+            workers=2,
+            progress=False,
+        )
     epochs = settings.feature_cache_epochs
     overrides = [
         f"backbone={settings.feature_cache_backbone}",

@@ -217,7 +217,7 @@ def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Pat
 
     data = work / "serve-data"
     if not (data / "data.csv").exists():
-        generate(data, num_locations=locations, seed=0, image_size=64, progress=False)
+        generate(data, num_locations=locations, seed=0, image_size=64, workers=1, progress=False)
     models = work / "serve-runs"
     run = models / backbone
     if (run / "results.json").exists():

@@ -45,11 +45,12 @@ IMAGE_STREAM = 1  # each location's own stream for its drawing (`location_rng`)
 
 def generate(
     root: str | Path,
-    num_locations: int = 2000,
-    seed: int = 0,
+    *,
+    num_locations: int,
+    seed: int,
+    image_size: int,
+    workers: int,
     country: Country | None = None,
-    image_size: int = 128,
-    workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
