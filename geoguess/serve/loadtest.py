@@ -17,6 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+
+from geoguess.data.decode import decode_image
+from geoguess.serve.models import Predictor
+from geoguess.synthetic import generate
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 HEADINGS = ("0", "90", "180", "270")
@@ -39,6 +45,8 @@ def server(
 ):
     """`python -m geoguess.serve` on a free loopback port until the block ends; yields (url,
     pid). Refuses to wait longer than `start_timeout` for `/health`."""
+    # optional: httpx is no dependency of geoguess itself (huggingface_hub brings it), and only
+    # the server's health checks need it.
     import httpx
 
     port = free_port()
@@ -140,15 +148,13 @@ def drive(
 
 
 def rss_bytes(pid: int) -> int:
-    import psutil
+    import psutil  # optional: a dev extra (pyproject.toml), needed only for the RSS readings
 
     return psutil.Process(pid).memory_info().rss
 
 
 def write_views(folder: Path, source: Path | None = None, size: int = 640) -> Path:
     """Four views to post: one real location's when `source` has images/, else generated."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     location = None
     if source is not None and (source / "images").is_dir():
@@ -166,11 +172,6 @@ def write_views(folder: Path, source: Path | None = None, size: int = 640) -> Pa
 def offline_rate(checkpoint: Path, views: Path, batch: int, repeats: int = 3) -> float:
     """Locations per second of the predictor alone, in batches of `batch`, on the views as the
     server decodes them (the decoding is timed too: the server does it per request)."""
-    import torch
-
-    from geoguess.data.decode import decode_image
-    from geoguess.serve.models import Predictor
-
     predictor = Predictor.from_checkpoint(checkpoint)
     paths = [views / f"{h}.jpg" for h in HEADINGS]
     predictor.predict(
@@ -211,8 +212,6 @@ BENCH_DEFAULTS = {
 def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Path:
     """A finished run of `backbone` at `image_size` px: a few training steps on generated
     data (the bench times serving, not accuracy). Returns the folder holding it."""
-    from geoguess.synthetic import generate
-
     data = work / "serve-data"
     if not (data / "data.csv").exists():
         generate(data, num_locations=locations, seed=0, image_size=64, progress=False)
