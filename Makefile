@@ -19,7 +19,7 @@ install: $(VENV)/.installed ## Create .venv and install the project (editable) w
 
 # One pytest worker per core (`-n auto`, at most 8: each imports torch, and past a handful the
 # longest test file bounds the time anyway); a file's tests stay on one worker (`loadfile`), so
-# its module-scoped fixtures are built once. JOBS=0 runs in this process (pdb, -x).
+# its module-scoped fixtures are built once. JOBS=0 runs in this one process (for --pdb).
 JOBS ?= auto
 
 test: $(VENV)/.installed ## Run the test suite but its slow end-to-end runs, one worker per core (ARGS= for pytest, JOBS=0 serial)
