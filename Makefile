@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install the project (editable) with its dev extras
 
-test: $(VENV)/.installed ## Run the test suite but its slow end-to-end runs (ARGS= for pytest)
-	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+# One pytest worker per core (`-n auto`, at most 8: each imports torch, and past a handful the
+# longest test file bounds the time anyway); a file's tests stay on one worker (`loadfile`), so
+# its module-scoped fixtures are built once. JOBS=0 runs in this one process (for --pdb).
+JOBS ?= auto
+
+test: $(VENV)/.installed ## Run the test suite but its slow end-to-end runs, one worker per core (ARGS= for pytest, JOBS=0 serial)
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" -n $(JOBS) --maxprocesses=8 --dist loadfile $(ARGS)
 
 test-slow: $(VENV)/.installed ## Run the slow end-to-end tests (sweeps, DDP, resume after a kill, ...)
 	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(ARGS)

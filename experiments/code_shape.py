@@ -1,5 +1,7 @@
 """The package's shape: per module its lines, longest function and function-local imports, and
 the import cycles between modules (local imports included, since they only hide a cycle).
+A function-local import must say why it is local (start-up time, an optional package): a comment
+on its line, within the 3 lines above it, or as the first line of its function's body.
 
     python experiments/code_shape.py [geoguess] [--markdown]
 
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import sys
+import tokenize
 from pathlib import Path
 
 MAX_LINES = 400
@@ -66,26 +70,59 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def local_imports(tree: ast.AST) -> int:
-    count = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            for child in ast.walk(node):
-                if isinstance(child, ast.Import | ast.ImportFrom) and child is not node:
-                    count += 1
-    # Nested functions are walked twice; count each import statement once.
-    return count - _nested_double_counts(tree)
+    return len(_local_import_nodes(tree))
 
 
-def _nested_double_counts(tree: ast.AST) -> int:
-    extra = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            for inner in ast.walk(node):
-                if inner is not node and isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
-                    extra += sum(
-                        isinstance(c, ast.Import | ast.ImportFrom) for c in ast.walk(inner)
-                    )
-    return extra
+def _local_import_nodes(tree: ast.AST) -> list[tuple[ast.stmt, ast.AST]]:
+    """Each import statement inside a function, once, with its innermost function."""
+    found: list[tuple[ast.stmt, ast.AST]] = []
+
+    def visit(node: ast.AST, function: ast.AST | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                visit(child, child)
+                continue
+            if function is not None and isinstance(child, ast.Import | ast.ImportFrom):
+                found.append((child, function))
+            visit(child, function)
+
+    visit(tree, None)
+    return found
+
+
+def uncommented_local_imports(tree: ast.AST, text: str) -> list[int]:
+    """Lines of the function-local imports that no comment explains: none on the statement's
+    lines, none within the 3 lines above it, none opening its function's body."""
+    commented = _comment_lines(text)
+    lines = text.splitlines()
+    missing = []
+    for node, function in _local_import_nodes(tree):
+        near = range(max(1, node.lineno - 3), node.end_lineno + 1)
+        if commented.isdisjoint(near) and not _opens_with_comment(function, lines, commented):
+            missing.append(node.lineno)
+    return sorted(missing)
+
+
+def _comment_lines(text: str) -> set[int]:
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    return {tok.start[0] for tok in tokens if tok.type == tokenize.COMMENT}
+
+
+def _opens_with_comment(function, lines: list[str], commented: set[int]) -> bool:
+    """Whether the first non-blank line of the body, after any docstring, is a comment."""
+    body = function.body
+    first = body[0]
+    has_docstring = (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    )
+    start = first.end_lineno + 1 if has_docstring else function.lineno + 1
+    for number in range(start, len(lines) + 1):
+        stripped = lines[number - 1].strip()
+        if stripped:
+            return stripped.startswith("#") and number in commented
+    return False
 
 
 def longest_function(tree: ast.AST) -> tuple[str, int]:
@@ -116,6 +153,7 @@ def survey(root: Path) -> tuple[list[dict], list[list[str]]]:
                 "longest_function": function,
                 "longest_lines": length,
                 "local_imports": local_imports(tree),
+                "uncommented_imports": uncommented_local_imports(tree, text),
             }
         )
     return rows, cycles(graph)
@@ -175,9 +213,15 @@ def main() -> None:
             f"({row['longest_lines']}) | {row['local_imports']} |"
         )
     print()
-    print(f"modules: {len(rows)}; over {MAX_LINES} lines: "
-          f"{sum(r['lines'] > MAX_LINES for r in rows)}; "
-          f"function-local imports: {sum(r['local_imports'] for r in rows)}")
+    print(
+        f"modules: {len(rows)}; over {MAX_LINES} lines: "
+        f"{sum(r['lines'] > MAX_LINES for r in rows)}; "
+        f"function-local imports: {sum(r['local_imports'] for r in rows)}"
+    )
+    uncommented = [(r["module"], line) for r in rows for line in r["uncommented_imports"]]
+    print(f"function-local imports without a comment saying why: {len(uncommented)}")
+    for module, line in sorted(uncommented):
+        print(f"  {module} line {line}")
     print(f"import cycles: {len(found)}")
     for group in found:
         print("  " + " <-> ".join(group))

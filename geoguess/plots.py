@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import shapely  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 
+from geoguess.geo.boundary import load_regions  # noqa: E402
 from geoguess.utils.io import atomic_write  # noqa: E402
 
 
@@ -25,8 +27,6 @@ def _draw_geometry(ax, geometry, **style) -> None:
 
 def _draw_country(ax, country) -> None:
     try:
-        from geoguess.geo.boundary import load_regions
-
         for _, geometry in load_regions(country.neighbours):
             _draw_geometry(ax, geometry, facecolor="#eeeeee", edgecolor="#bbbbbb", linewidth=0.4)
     except Exception:  # noqa: BLE001 - the neighbours are decoration only
@@ -109,8 +109,6 @@ def plot_errors(country, frame, path: str | Path, overwrite: bool = False) -> No
         ],
         axis=1,
     )
-    from matplotlib.collections import LineCollection
-
     ax.add_collection(LineCollection(segments, colors="#888888", linewidths=0.4, alpha=0.6))
     points = ax.scatter(
         frame["true_longitude"],

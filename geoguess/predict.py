@@ -16,8 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from geoguess import runs
 from geoguess.errors import GeoguessError
 from geoguess.utils.cli import CONFIG_PATH, to_log_files, user_errors
+from geoguess.utils.io import write_csv_atomic
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
@@ -34,6 +36,7 @@ def say(text: str, stream=None) -> None:
 
 def checkpoint_of(cfg: DictConfig) -> Path:
     """The checkpoint of `run=` (its best) or `checkpoint=`: exactly one must be given."""
+    # torch loads here, not at the top: `--help` and a bad override answer without it.
     from geoguess.inference import run_checkpoint
     from geoguess.models.checkpoint import existing_checkpoint
 
@@ -50,7 +53,8 @@ def checkpoint_of(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> Path:
     """Predict as configured, write the CSV, print the mean error when coordinates are known
     and a warning when most locations are unlike the training split's."""
-    from geoguess import runs
+    # torch and pandas load here, not at the top: `--help` and a bad override answer without
+    # them.
     from geoguess.data.io import DataError
     from geoguess.inference import (
         check_output,
@@ -60,7 +64,6 @@ def run(cfg: DictConfig) -> Path:
         unscored_reason,
     )
     from geoguess.novelty import WARN_SHARE, novel_share, warning
-    from geoguess.utils.io import write_csv_atomic
 
     if cfg.on_invalid not in ("error", "skip"):
         raise DataError(f"on_invalid={cfg.on_invalid!r} is not error or skip")

@@ -9,7 +9,8 @@ from pathlib import Path
 from geoguess.errors import GeoguessError
 from geoguess.novelty import NOVEL_PERCENTILE, novel_share
 from geoguess.runs import RESULTS_FILE
-from geoguess.utils.io import write_csv_atomic, write_json_atomic
+from geoguess.utils.cli import to_log_files
+from geoguess.utils.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
 RESULT_KEYS = (
     "status",
@@ -114,8 +115,6 @@ def write_failure(out: Path, exc: BaseException, seed: int | None = None) -> Pat
     path = Path(out) / RESULTS_FILE
     if path.exists():
         return None
-    from geoguess.utils.io import write_text_atomic
-
     write_text_atomic(Path(out) / "error.txt", "".join(traceback.format_exception(exc)))
     return write_json_atomic(path, failed(exc, seed))
 
@@ -123,6 +122,8 @@ def write_failure(out: Path, exc: BaseException, seed: int | None = None) -> Pat
 def write_outputs(out: Path, results: dict, frame, country, grid=None) -> list[Path]:
     """predictions_test.csv, test_errors.png, grid.png (classification), then results.json
     (its presence means done); returns the maps written."""
+    # pyplot loads here, not at the top: only a finished run draws, and `--help` and a refused
+    # run answer without it.
     from geoguess.plots import plot_errors, plot_grid
 
     maps = []
@@ -143,8 +144,6 @@ def read(out: Path) -> dict:
 
 def report(out: Path, results: dict) -> str:
     """Print the summary and write it into the run's log file (train.log); returns it."""
-    from geoguess.utils.cli import to_log_files
-
     text = summary(out, results)
     print(text)
     to_log_files(text, "geoguess.results")

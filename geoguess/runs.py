@@ -22,6 +22,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
 from geoguess.errors import GeoguessError
 from geoguess.utils.io import write_text_atomic
 
@@ -86,7 +91,8 @@ def global_rank() -> int:
 
 
 def _slurm_started_tasks() -> bool:
-    # Imported here: Lightning is only needed inside a SLURM allocation.
+    # Lightning loads here, not at the top: only a SLURM allocation needs it, and every command
+    # imports this module.
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     with warnings.catch_warnings():  # "srun is available but not used": Lightning says it too
@@ -120,30 +126,21 @@ def _torchrun_agent_started() -> float | None:
 
 def register_resolvers() -> None:
     """`${run_stamp:PATTERN}`, used by `conf/run_dir.yaml` (idempotent)."""
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 def run_dir() -> Path:
     """The current Hydra run (or multirun job) directory; Hydra 1.3 does not chdir into it."""
-    from hydra.core.hydra_config import HydraConfig
-
     return Path(HydraConfig.get().runtime.output_dir)
 
 
 def task_overrides() -> list[str]:
     """The overrides of this run or sweep job, as typed."""
-    from hydra.core.hydra_config import HydraConfig
-
     return list(HydraConfig.get().overrides.task)
 
 
 def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -246,9 +243,6 @@ def slurm_restart_count() -> int:
 def write_record(out: Path, cfg, resume: bool = False) -> Path:
     """`.hydra/{config,hydra,overrides}.yaml` (or `.hydra/resume-<k>/` for a resume), and
     `job.txt` in a sweep job's folder."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
     out = Path(out)
     folder = out / RECORD_DIR
     if resume:
@@ -289,13 +283,7 @@ def failed_jobs(sweep_dir: Path) -> list[tuple[Path, str]]:
     return failed
 
 
-try:  # Hydra is a dependency; the guard only keeps this module importable on its own.
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover
-    _HydraCallback = object
-
-
-class ExitNonZeroOnFailedJobs(_HydraCallback):
+class ExitNonZeroOnFailedJobs(Callback):
     """A sweep goes on past a failed job (its folder says why); at its end, exit 1 if any did.
 
     Registered in `conf/run_dir.yaml` as a Hydra callback, so it runs in the process that

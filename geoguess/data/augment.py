@@ -227,6 +227,7 @@ class TorchvisionViewAugment:
     the benchmark's naive loader, not for training (it draws from torch's global RNG)."""
 
     def __init__(self, size: int, scale=(0.7, 1.0), ratio=(0.9, 1.1)) -> None:
+        # torchvision loads here, not at the top: training never needs it, only this reference.
         from torchvision.transforms import v2
 
         self.crop = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)

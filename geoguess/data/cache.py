@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from geoguess.data.decode import decode_all, decode_location, view_key
 from geoguess.data.io import HEADINGS, image_paths
@@ -151,8 +152,6 @@ def _all_paths(frame: pd.DataFrame) -> list[list[str]]:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(
         iterable, total=total, desc=desc, unit="loc", disable=None if enabled else True, leave=False
     )

@@ -16,7 +16,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from geoguess.utils.cli import CONFIG_PATH, user_errors
+from geoguess import runs
+from geoguess.utils.cli import CONFIG_PATH, instantiate, user_errors
+from geoguess.utils.io import write_csv_atomic
 
 # data=synthetic: its own set, found (or made) in the cache. Told by the target, not by a
 # `generator` key, which an experiment written for the generated set adds to data=folder too.
@@ -26,12 +28,10 @@ SYNTHETIC_TARGET = "geoguess.data.SyntheticDataModule"
 @hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="validate")
 @user_errors
 def main(cfg: DictConfig) -> int:
-    from geoguess import runs
+    # pandas, PIL and shapely load here, not at the top: `--help` answers without them.
     from geoguess.data.io import as_roots
     from geoguess.data.validation import SKIP_HINT, validate_dataset
     from geoguess.synthetic.cache import resolve_synthetic
-    from geoguess.utils.cli import instantiate
-    from geoguess.utils.io import write_csv_atomic
 
     out = runs.claim(cfg)
     country = instantiate(cfg.country)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +14,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from geoguess.errors import GeoguessError
+from geoguess.geo.distance import haversine_km
+from geoguess.geo.projection import Projector
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_BOUNDARY = DATA_DIR / "croatia.geojson"
@@ -29,6 +32,8 @@ class BoundaryError(GeoguessError, ValueError):
 
 def load_boundary(path: str | Path | None = None) -> BaseGeometry:
     """Read a (Multi)Polygon country outline in EPSG:4326; `None` means the shipped Croatia."""
+    # geopandas loads here, not at the top: every command imports `geoguess.geo`, and only
+    # reading a boundary file needs it.
     import geopandas as gpd
 
     path = Path(path) if path else DEFAULT_BOUNDARY
@@ -56,6 +61,8 @@ def load_boundary(path: str | Path | None = None) -> BaseGeometry:
 
 def load_regions(path: str | Path | None = None) -> list[tuple[str, BaseGeometry]]:
     """(ISO code or name, geometry) of every feature of a multi-country file, EPSG:4326."""
+    # geopandas loads here, not at the top: every command imports `geoguess.geo`, and only
+    # reading a boundary file needs it.
     import geopandas as gpd
 
     frame = gpd.read_file(Path(path) if path else DEFAULT_NEIGHBOURS).to_crs("EPSG:4326")
@@ -104,8 +111,6 @@ class Country:
     def coerce(cls, country) -> Country:
         """A `Country` from None (the shipped Croatia), a Country, or a config node that was
         not instantiated (its keys without `_target_`)."""
-        from collections.abc import Mapping
-
         if country is None:
             return cls()
         if isinstance(country, Country):
@@ -123,8 +128,6 @@ class Country:
 
     @cached_property
     def projector(self):
-        from geoguess.geo.projection import Projector
-
         return Projector(self.crs)
 
     @cached_property
@@ -139,8 +142,6 @@ class Country:
     @cached_property
     def diagonal_km(self) -> float:
         """Great-circle length of the bounding box's diagonal (the GeoGuessr score's scale)."""
-        from geoguess.geo.distance import haversine_km
-
         lon0, lat0, lon1, lat1 = self.bounds
         return float(haversine_km(np.array(lat0), np.array(lon0), np.array(lat1), np.array(lon1)))
 

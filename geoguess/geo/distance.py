@@ -26,6 +26,7 @@ def haversine_km_torch(lat1, lon1, lat2, lon2, check: bool = True):
     Computed in float64 with autocast off: in float32 or bf16 the sub-km terms vanish
     (bf16 is off by tens of km). Returns float64.
     """
+    # torch loads here, not at the top: the numpy distances serve commands that never load it.
     import torch
 
     with torch.autocast(device_type=lat1.device.type, enabled=False):
@@ -41,7 +42,7 @@ def haversine_km_torch(lat1, lon1, lat2, lon2, check: bool = True):
 
 
 def _check_tensor_latlon(*tensors) -> None:
-    import torch
+    import torch  # here, not at the top: see haversine_km_torch
 
     for index, values in enumerate(tensors):
         limit = 90.0 if index % 2 == 0 else 180.0

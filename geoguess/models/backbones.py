@@ -9,9 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+from timm.models import group_parameters
 from torch import nn
 
 from geoguess.errors import GeoguessError
+from geoguess.models.pretrained import (
+    LITE0_ARCH,
+    PretrainedWeightsError,
+    lite0_weights_file,
+    weights_unavailable,
+)
 
 # Config alias -> timm architecture (with the pretrained tag timm picks by default).
 BACKBONES: dict[str, str] = {
@@ -124,14 +131,12 @@ def _pool_multiplier(backbone: nn.Module) -> int:
 
 def _offline_weights(name: str, arch: str) -> str | None:
     """The local weights file that replaces a download, or None to let timm download."""
-    from geoguess.models import pretrained
-
-    if arch.split(".")[0] == pretrained.LITE0_ARCH:
+    if arch.split(".")[0] == LITE0_ARCH:
         try:
-            return str(pretrained.lite0_weights_file())
-        except pretrained.PretrainedWeightsError as exc:
+            return str(lite0_weights_file())
+        except PretrainedWeightsError as exc:
             raise BackboneError(f"backbone {name!r}: {exc}") from exc
-    reason = pretrained.weights_unavailable(arch)
+    reason = weights_unavailable(arch)
     if reason is not None:
         raise BackboneError(_weights_hint(name, arch, None, reason))
     return None
@@ -161,8 +166,6 @@ def stage_parameters(backbone: nn.Module) -> list[list[str]]:
     Stages come from timm's coarse `group_matcher` (stem, then one group per stage); a model
     without one is a single stage.
     """
-    from timm.models import group_parameters
-
     matcher = getattr(backbone, "group_matcher", None)
     if matcher is None:
         return [[name for name, _ in backbone.named_parameters()]]

@@ -12,7 +12,7 @@ import time
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 from geoguess.lightning_version import check_lightning
 from geoguess.utils.cli import to_log_files
@@ -171,6 +171,4 @@ def terminal_progress_bar(refresh_rate: int):
     """
     if not sys.stdout.isatty():
         return None
-    from lightning.pytorch.callbacks import RichProgressBar
-
     return RichProgressBar(refresh_rate=refresh_rate)

@@ -14,9 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
+import wandb
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
+
 from geoguess.errors import GeoguessError
+from geoguess.runs import global_rank
+from geoguess.utils.cli import instantiate
+from geoguess.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +41,6 @@ TAGGED_GROUPS = ("experiment", "backbone", "head", "grid", "data")
 def build_loggers(cfg) -> list:
     """Every configured logger, one per entry of `logger` (none for `logger=none`; an entry set
     to null, `logger.csv=null`, is left out)."""
-    from collections.abc import Mapping
-
-    from geoguess.utils.cli import instantiate
-
     node = cfg.get("logger")
     if not node:
         return []
@@ -67,8 +74,6 @@ def wandb_logger(
 
     `log_model`: `log_results` uploads the best checkpoint as a model artifact (Lightning's own
     checkpoint upload stays off: it runs before the test, so without the results)."""
-    from lightning.pytorch.loggers import WandbLogger
-
     mode = mode or os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
     if mode not in ("online", "offline", "disabled"):
         raise GeoguessError(f"logger.wandb.mode={mode!r} is not online, offline or disabled")
@@ -97,14 +102,10 @@ def wandb_logger(
 
 
 def _quiet_settings():
-    import wandb
-
     return wandb.Settings(quiet=True)
 
 
 def _logged_in() -> bool:
-    import wandb
-
     try:
         return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # noqa: BLE001 - any trouble reading credentials means offline
@@ -113,11 +114,6 @@ def _logged_in() -> bool:
 
 def _run_id(folder: Path) -> str:
     """The W&B run id of this run folder, made on first use and kept for resumed runs."""
-    import secrets
-
-    from geoguess.runs import global_rank
-    from geoguess.utils.io import write_text_atomic
-
     path = folder / RUN_ID_FILE
     if path.exists():
         return path.read_text().strip()
@@ -130,8 +126,6 @@ def _run_id(folder: Path) -> str:
 def sweep_name() -> str | None:
     """`<command>-multirun-<sweep folder>` in a multirun (`train-multirun-<time>`), so the
     sweep's jobs form one W&B group."""
-    from hydra.types import RunMode
-
     hc = _hydra_config()
     if hc is None or hc.mode != RunMode.MULTIRUN:
         return None
@@ -153,8 +147,6 @@ def run_name(overrides: list[str], save_dir: str | Path) -> str:
 
 def _swept_values(overrides: list[str]) -> dict:
     """`{"grid.spacing": 0.5, "head": "hybrid"}`: each override, its value parsed as YAML."""
-    import yaml
-
     values = {}
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -173,15 +165,11 @@ def _overrides() -> list[str]:
 
 
 def _hydra_config():
-    from hydra.core.hydra_config import HydraConfig
-
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def define_summaries(loggers) -> None:
     """W&B's run summary of the validation error is its best epoch, not its last one."""
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in loggers or []:
         if isinstance(logger, WandbLogger):
             for name in ("val/haversine_km", "val/median_km"):
@@ -190,8 +178,6 @@ def define_summaries(loggers) -> None:
 
 def log_media(loggers, maps: list[Path], predictions) -> None:
     """The run's maps as W&B images and its test predictions as a W&B table."""
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in loggers or []:
         if not isinstance(logger, WandbLogger):
             continue
@@ -227,8 +213,6 @@ def log_results(loggers, results: dict) -> None:
     """The run's results into each W&B run: `result_summary` in its summary, and the best
     checkpoint as a model artifact with every result as its metadata (unless
     `logger.wandb.log_model=false`)."""
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in loggers or []:
         if not isinstance(logger, WandbLogger):
             continue
@@ -236,8 +220,6 @@ def log_results(loggers, results: dict) -> None:
         run.summary.update(result_summary(results))
         best = results.get("best_checkpoint")
         if getattr(logger, "log_best_model", False) and best and Path(best).is_file():
-            import wandb
-
             artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=dict(results))
             # Immutable: W&B reads the run folder's file at upload (a later `wandb sync` of an
             # offline run too) instead of copying every checkpoint into its staging folder.
@@ -248,12 +230,8 @@ def log_results(loggers, results: dict) -> None:
 def finish(loggers) -> None:
     """End the W&B run of this job (a multirun's next job must start a new one) and say once
     where an offline run lies and how to upload it."""
-    from lightning.pytorch.loggers import WandbLogger
-
     if not any(isinstance(logger, WandbLogger) for logger in loggers or []):
         return
-    import wandb
-
     # The run the W&B logger started, if it started one (asking the logger would start it).
     run = wandb.run
     if run is not None:

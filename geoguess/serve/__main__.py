@@ -37,6 +37,8 @@ def set_cpu_thread_wait(wait: str | None) -> None:
 
 def settings_of(cfg: DictConfig):
     """`Settings` from `cfg.serve` (less `PROCESS_KEYS`: uvicorn's and the process's)."""
+    # The app (torch, fastapi) loads here, not at the top: `--help` and a bad override answer
+    # without it, and `serve.cpu_thread_wait` is set before torch loads.
     from geoguess.serve.app import Settings
 
     values = OmegaConf.to_container(cfg.serve, resolve=True)
@@ -49,7 +51,7 @@ def settings_of(cfg: DictConfig):
     if missing:
         raise GeoguessError(f"serve.{missing[0]} is missing (conf/serve.yaml lists the keys)")
     if values.get("device") == "auto":
-        import torch
+        import torch  # loaded by the app already; imported here to keep it off `--help`'s path
 
         values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return Settings(**values)
@@ -57,12 +59,13 @@ def settings_of(cfg: DictConfig):
 
 def app_from_env():
     """The app of each worker process when `serve.workers` > 1 (uvicorn imports it by name)."""
-    from geoguess.serve.app import Settings, create_app
+    from geoguess.serve.app import Settings, create_app  # here, not at the top: see settings_of
 
     return create_app(Settings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
 def run(cfg: DictConfig) -> None:
+    # uvicorn and the app load here, not at the top: `--help` answers without them.
     import uvicorn
 
     from geoguess.serve.app import create_app

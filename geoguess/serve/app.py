@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -222,8 +223,6 @@ def _answer(name: str, rows: dict[str, np.ndarray], i: int = 0) -> dict:
 
 def _csv(uuids: list[str], rows: dict[str, np.ndarray]) -> str:
     """The CSV `python -m geoguess.predict` writes, written the same way (pandas)."""
-    import pandas as pd
-
     frame = pd.DataFrame(
         {"uuid": uuids, "latitude": rows["latitude"], "longitude": rows["longitude"]}
     )

@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from geoguess.inference import predict
+from geoguess.synthetic import generate
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 HEADINGS = ("0", "90", "180", "270")
@@ -39,6 +43,8 @@ def server(
 ):
     """`python -m geoguess.serve` on a free loopback port until the block ends; yields (url,
     pid). Refuses to wait longer than `start_timeout` for `/health`."""
+    # optional: httpx is no dependency of geoguess itself (huggingface_hub brings it), and only
+    # the server's health checks need it.
     import httpx
 
     port = free_port()
@@ -144,15 +150,13 @@ def drive(
 
 
 def rss_bytes(pid: int) -> int:
-    import psutil
+    import psutil  # optional: a dev extra (pyproject.toml), needed only for the RSS readings
 
     return psutil.Process(pid).memory_info().rss
 
 
 def write_views(folder: Path, source: Path | None = None, size: int = 640) -> Path:
     """Four views to post: one real location's when `source` has images/, else generated."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     location = None
     if source is not None and (source / "images").is_dir():
@@ -174,8 +178,6 @@ def offline_rate(
     decoding the files in its own process as the command does by default) over a folder of
     `locations` copies of `views`, in batches of `batch`; the median of `repeats` runs, each
     timed whole, loading the checkpoint included."""
-    from geoguess.inference import predict
-
     root = work / f"offline-{locations}"
     for i in range(locations):
         folder = root / "images" / f"loc{i:05d}"
@@ -213,8 +215,6 @@ def offline_rate(
 def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Path:
     """A finished run of `backbone` at `image_size` px: a few training steps on generated
     data (the bench times serving, not accuracy). Returns the folder holding it."""
-    from geoguess.synthetic import generate
-
     data = work / "serve-data"
     if not (data / "data.csv").exists():
         generate(data, num_locations=locations, seed=0, image_size=64, workers=1, progress=False)

@@ -16,6 +16,7 @@ It does nothing under other launchers and in single runs.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from joblib import effective_n_jobs
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ def visible_gpus() -> list[str]:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return _listed_gpus(listed)
+    # torch loads here, not at the top: only counting the GPUs needs it, and only when
+    # CUDA_VISIBLE_DEVICES does not list them (optional: without torch, no GPU).
     try:
         import torch
     except ImportError:
@@ -82,8 +86,6 @@ class GpuSlot:
         self, folder: str | Path, count: int, poll_s: float = 1.0, max_wait_s: float | None = None
     ) -> int | None:
         """The slot claimed (waiting while all are taken), or None after `max_wait_s`."""
-        import fcntl
-
         if self.slot is not None:
             return self.slot
         folder = Path(folder)
@@ -167,6 +169,7 @@ class JoblibDevices(Callback):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot]
             where = f"GPU {gpus[slot]} (CUDA_VISIBLE_DEVICES)"
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        # torch loads here, not at the top: the sweep's parent process imports this callback too.
         import torch
 
         torch.set_num_threads(threads)
@@ -203,6 +206,4 @@ def _listed_gpus(listed: str) -> list[str]:
 
 def _effective_n_jobs(n_jobs: int | None) -> int:
     """joblib's reading of n_jobs (-1: every core, -2: all but one, ...)."""
-    from joblib import effective_n_jobs
-
     return max(1, effective_n_jobs(n_jobs if n_jobs is not None else 1))

@@ -10,8 +10,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
 from geoguess.errors import GeoguessError
 from geoguess.runs import CHECKPOINT_DIR, global_rank, register_resolvers
+from geoguess.utils.allocator import keep_freed_memory
 
 CONFIG_PATH = "../conf"  # relative to the module holding the @hydra.main function
 
@@ -21,13 +28,8 @@ register_resolvers()  # before any command composes its config
 # had to make (RunFolderGuard): what a refused command removes again.
 _created_folders: list[Path] = []
 
-try:  # Hydra is a dependency; the guard only keeps this module importable on its own.
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover
-    _HydraCallback = object
 
-
-class RunFolderGuard(_HydraCallback):
+class RunFolderGuard(Callback):
     """Makes a single run's folder before Hydra does, so that a folder that cannot be made
     is one plain line (not Hydra's traceback), and remembers what it made, so that a command
     refused with a user error leaves no folder behind (`user_errors`).
@@ -37,8 +39,6 @@ class RunFolderGuard(_HydraCallback):
     """
 
     def on_run_start(self, config, **kwargs) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
         HydraConfig.instance().set_config(config)  # the folder's `${hydra:job.name}` needs it
         out = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra will make it
         _created_folders[:] = make_run_folder(out)
@@ -94,8 +94,6 @@ def user_errors(main: Callable) -> Callable:
 
     @functools.wraps(main)
     def wrapper(cfg, *args, **kwargs):
-        from geoguess.utils.allocator import keep_freed_memory
-
         keep_freed_memory()  # CPU passes stop page-faulting their activations (allocator.py)
         try:
             check_missing(cfg)
@@ -113,8 +111,6 @@ def user_errors(main: Callable) -> Callable:
 
 def check_missing(cfg) -> None:
     """Refuse a config with mandatory values (`???`) left unset, naming them."""
-    from omegaconf import DictConfig, OmegaConf, open_dict
-
     if not isinstance(cfg, DictConfig):
         return
     if "hydra" in cfg:  # a config composed with return_hydra_config (tests, the compose API)
@@ -135,9 +131,6 @@ def check_missing(cfg) -> None:
 def instantiate(node, *args, **kwargs):
     """`hydra.utils.instantiate`, with the user's error (a `GeoguessError` raised by the target)
     unwrapped from Hydra's `InstantiationException`, so it reads as one clear message."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as hydra_instantiate
-
     try:
         return hydra_instantiate(node, *args, **kwargs)
     except InstantiationException as exc:

@@ -7,6 +7,8 @@ import sys
 from multiprocessing.context import BaseContext
 from multiprocessing.pool import Pool
 
+from threadpoolctl import threadpool_limits
+
 
 def pool_context() -> BaseContext:
     """fork where Linux has it, like torch's DataLoader: spawn would re-import the caller's
@@ -29,6 +31,4 @@ def worker_pool(processes: int) -> Pool:
 
 
 def _one_thread_each() -> None:
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(1)
