@@ -40,7 +40,9 @@ def test_the_offline_reference_is_what_predict_writes(tmp_path, real_sample):
     run = trained_run(tmp_path.parent)
     checkpoint = next((run / "checkpoints").glob("best-*.ckpt"))
     views = write_views(tmp_path / "views", real_sample)
-    rate = offline_rate(checkpoint, views, tmp_path, batch=4, locations=6, repeats=1)
+    rate = offline_rate(
+        checkpoint, views, tmp_path, batch_size=4, num_workers=0, locations=6, repeats=1
+    )
     assert rate > 0
     # The folder it timed is one geoguess.predict reads whole: six copies, six equal answers.
     out = tmp_path / "predictions.csv"

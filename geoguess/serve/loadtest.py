@@ -17,12 +17,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
 
 from geoguess.inference import predict
 from geoguess.synthetic import generate
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+# `geoguess.predict`'s own batch size and loader workers: the offline reference runs as it does.
+PREDICT = {
+    key: OmegaConf.load(Path(__file__).parents[2] / "conf" / "predict.yaml").data[key]
+    for key in ("batch_size", "num_workers")
+}
 HEADINGS = ("0", "90", "180", "270")
 
 
@@ -172,11 +178,18 @@ def write_views(folder: Path, source: Path | None = None, size: int = 640) -> Pa
 
 
 def offline_rate(
-    checkpoint: Path, views: Path, work: Path, batch: int, locations: int = 256, repeats: int = 3
+    checkpoint: Path,
+    views: Path,
+    work: Path,
+    batch_size: int,
+    num_workers: int,
+    locations: int = 256,
+    repeats: int = 3,
 ) -> float:
     """Locations per second of `geoguess.predict` itself (`inference.predict`, reading and
     decoding the files in its own process as the command does by default) over a folder of
-    `locations` copies of `views`, in batches of `batch`; the median of `repeats` runs, each
+    `locations` copies of `views`, with the command's `data.batch_size` and `data.num_workers`
+    (`PREDICT`); the median of `repeats` runs, each
     timed whole, loading the checkpoint included."""
     root = work / f"offline-{locations}"
     for i in range(locations):
@@ -188,8 +201,8 @@ def offline_rate(
     predict(
         checkpoint,
         root,
-        batch_size=batch,
-        num_workers=0,
+        batch_size=batch_size,
+        num_workers=num_workers,
         device="cpu",
         progress=False,
         tta=None,
@@ -201,8 +214,8 @@ def offline_rate(
         frame, _ = predict(
             checkpoint,
             root,
-            batch_size=batch,
-            num_workers=0,
+            batch_size=batch_size,
+            num_workers=num_workers,
             device="cpu",
             progress=False,
             tta=None,
@@ -257,9 +270,8 @@ def bench(options: dict, work: Path, source: Path | None, progress=print) -> dic
     rss_growth, offline_locations_per_s, saturation_ratio}, batching_speedup}."""
     o = dict(options)  # every key of the section (conf/bench.yaml's bench.serve_<key>)
     views = write_views(work / "serve-views", source)
-    batching = {
-        "on": [f"serve.max_batch={o['max_batch']}", f"serve.max_wait_ms={o['max_wait_ms']}"]
-    }
+    on = {"max_batch": o["max_batch"], "max_wait_ms": o["max_wait_ms"]}
+    batching = {"on": [f"serve.{key}={value}" for key, value in on.items() if value is not None]}
     batching["off"] = ["serve.max_batch=1"]
     result: dict = {}
     for backbone in o["backbones"]:
@@ -280,7 +292,7 @@ def bench(options: dict, work: Path, source: Path | None, progress=print) -> dic
             drive(url, backbone, views, o["rss_clients"], o["rss_requests"], 10 * o["max_seconds"])
             measured["rss_growth"] = rss_bytes(pid) / before - 1
             progress(f"serve: {backbone}, RSS growth {measured['rss_growth']:.4f}")
-        measured["offline_locations_per_s"] = offline_rate(checkpoint, views, work, o["max_batch"])
+        measured["offline_locations_per_s"] = offline_rate(checkpoint, views, work, **PREDICT)
         most = str(max(o["clients"]))
         measured["saturation_ratio"] = (
             measured[most]["requests_per_s"] / measured["offline_locations_per_s"]
