@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -91,8 +92,13 @@ def lit(checkpoint: Path, path: str, max_batch: int, wait_ms: float):
         str(wait_ms),
     ]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    # Its own process group: LitServe's inference workers must end with it.
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -108,7 +114,7 @@ def lit(checkpoint: Path, path: str, max_batch: int, wait_ms: float):
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
 
