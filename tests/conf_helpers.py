@@ -9,6 +9,11 @@ from geoguess.utils.cli import instantiate
 from tests.conftest import REPO_ROOT
 
 
+def conf_value(group: str, option: str, key: str):
+    """One key of conf/<group>/<option>.yaml."""
+    return OmegaConf.load(REPO_ROOT / "conf" / group / f"{option}.yaml")[key]
+
+
 def from_conf(group: str, option: str, **overrides):
     """conf/<group>/<option>.yaml instantiated as the run does, `overrides` over its keys."""
     node = OmegaConf.load(REPO_ROOT / "conf" / group / f"{option}.yaml")

@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 from geoguess import lightning_version
 from geoguess.lightning_version import SUPPORTED, UnsupportedLightning, check_lightning
 from tests.cli import command_env
+from tests.conf_helpers import conf_value
 from tests.conftest import REPO_ROOT
 
 # -- Lightning's version ------------------------------------------------------------------------
@@ -108,7 +109,10 @@ def saved(tmp_path_factory) -> Path:
         frozen_precision="32",
         channels_last=None,
     )
-    module = GeoguessModule(GeoNetwork(backbone, spec, fitted))
+    module = GeoguessModule(
+        GeoNetwork(backbone, spec, fitted),
+        check_finite_every=conf_value("model", "default", "check_finite_every"),
+    )
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     path = tmp_path_factory.mktemp("ckpt") / "good.ckpt"

@@ -19,12 +19,14 @@ from geoguess.models.module import GeoguessModule, NonFiniteLossError
 from geoguess.models.network import GeoNetwork, input_stats
 from geoguess.models.spec import BackboneSpec, HeadSpec, InferenceSpec, NetworkSpec, SpecError
 from geoguess.predictor import InferenceExtras, Predictor
-from tests.conf_helpers import from_conf
+from tests.conf_helpers import conf_value, from_conf
 from tests.train_helpers import CONF, composed
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)
+
+CHECK_FINITE_EVERY = conf_value("model", "default", "check_finite_every")
 
 
 @pytest.fixture(scope="module")
@@ -504,7 +506,9 @@ def _network(
 
 def _module(fitted, tta: str = "none", **changes) -> GeoguessModule:
     inference = dataclasses_replace(InferenceSpec.plain(), tta=tta)
-    return GeoguessModule(_network(fitted, **changes), inference=inference)
+    return GeoguessModule(
+        _network(fitted, **changes), inference=inference, check_finite_every=CHECK_FINITE_EVERY
+    )
 
 
 def dataclasses_replace(spec, **changes):
@@ -607,7 +611,9 @@ def test_checkpoint_extras_are_plain_data_that_rebuild_the_network(fitted):
 
     backbone = from_conf("backbone", "tiny", global_pool="catavgmax")
     network = _network(fitted, backbone=backbone, fusion="attention", hidden=24, dropout=0.3)
-    module = GeoguessModule(network, config={"backbone": {"name": "tiny"}}).eval()
+    module = GeoguessModule(
+        network, config={"backbone": {"name": "tiny"}}, check_finite_every=CHECK_FINITE_EVERY
+    ).eval()
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     extra = checkpoint["geoguess"]
@@ -958,7 +964,9 @@ def test_any_timm_backbone_fits_the_fusion_whatever_follows_its_pooling(name, fi
     """LCNet and MobileNetV3 end in a hidden layer after the pooling (1,280 features, not
     `num_features`): the fusion must be built for what the backbone really returns."""
     backbone = from_conf("backbone", "tiny", name=name)
-    module = GeoguessModule(_network(fitted, backbone=backbone))
+    module = GeoguessModule(
+        _network(fitted, backbone=backbone), check_finite_every=CHECK_FINITE_EVERY
+    )
     width = backbone.eval()(torch.zeros(2, 3, 32, 32)).shape[-1]
     assert backbones.feature_size(backbone) == width
     assert module.network.fusion.out_features == 4 * width

@@ -163,3 +163,11 @@ def test_the_generator_takes_the_data_groups_settings_without_defaults():
     keys = set(data_settings("synthetic")["generator"]) | {"workers"}
     assert keys == {"num_locations", "seed", "image_size", "workers"}  # the YAML was read
     assert not defaulted_parameters(generate) & keys
+
+
+def test_the_training_module_takes_the_model_groups_settings_without_defaults():
+    """`GeoguessModule` gets `model.check_finite_every` from the builders, not a default."""
+    module = get_object("geoguess.models.module.GeoguessModule")
+    keys = set(OmegaConf.load(CONF / "model" / "default.yaml"))
+    assert "check_finite_every" in keys  # the YAML was read
+    assert not defaulted_parameters(module) & keys

@@ -47,11 +47,12 @@ class GeoguessModule(L.LightningModule):
     def __init__(
         self,
         network: GeoNetwork,
+        *,
+        check_finite_every: int,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         backbone_lr: float | None = None,
         inference: InferenceSpec | None = None,
-        check_finite_every: int = 25,
         config: dict | None = None,
     ) -> None:
         super().__init__()
