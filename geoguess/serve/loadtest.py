@@ -24,11 +24,6 @@ from geoguess.inference import predict
 from geoguess.synthetic import generate
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-# `geoguess.predict`'s own batch size and loader workers: the offline reference runs as it does.
-PREDICT = {
-    key: OmegaConf.load(Path(__file__).parents[2] / "conf" / "predict.yaml").data[key]
-    for key in ("batch_size", "num_workers")
-}
 HEADINGS = ("0", "90", "180", "270")
 
 
@@ -189,7 +184,7 @@ def offline_rate(
     """Locations per second of `geoguess.predict` itself (`inference.predict`, reading and
     decoding the files in its own process as the command does by default) over a folder of
     `locations` copies of `views`, with the command's `data.batch_size` and `data.num_workers`
-    (`PREDICT`); the median of `repeats` runs, each
+    (`predict_settings()`); the median of `repeats` runs, each
     timed whole, loading the checkpoint included."""
     root = work / f"offline-{locations}"
     for i in range(locations):
@@ -198,19 +193,8 @@ def offline_rate(
             folder.mkdir(parents=True)
             for heading in HEADINGS:
                 (folder / f"{heading}.jpg").symlink_to((views / f"{heading}.jpg").resolve())
-    predict(
-        checkpoint,
-        root,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device="cpu",
-        progress=False,
-        tta=None,
-        refine=None,
-    )
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def locations_predicted() -> int:
         frame, _ = predict(
             checkpoint,
             root,
@@ -221,8 +205,22 @@ def offline_rate(
             tta=None,
             refine=None,
         )
-        rates.append(len(frame) / (time.perf_counter() - start))
+        return len(frame)
+
+    locations_predicted()  # warm-up: the first pass pays for allocations and caches
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = locations_predicted()
+        rates.append(count / (time.perf_counter() - start))
     return float(np.median(rates))
+
+
+def predict_settings() -> dict:
+    """`geoguess.predict`'s own `data.batch_size` and `data.num_workers` (conf/predict.yaml):
+    the offline reference runs as the command does."""
+    data = OmegaConf.load(Path(__file__).parents[2] / "conf" / "predict.yaml").data
+    return {key: data[key] for key in ("batch_size", "num_workers")}
 
 
 def train_run(work: Path, backbone: str, image_size: int, locations: int) -> Path:
@@ -292,7 +290,9 @@ def bench(options: dict, work: Path, source: Path | None, progress=print) -> dic
             drive(url, backbone, views, o["rss_clients"], o["rss_requests"], 10 * o["max_seconds"])
             measured["rss_growth"] = rss_bytes(pid) / before - 1
             progress(f"serve: {backbone}, RSS growth {measured['rss_growth']:.4f}")
-        measured["offline_locations_per_s"] = offline_rate(checkpoint, views, work, **PREDICT)
+        measured["offline_locations_per_s"] = offline_rate(
+            checkpoint, views, work, **predict_settings()
+        )
         most = str(max(o["clients"]))
         measured["saturation_ratio"] = (
             measured[most]["requests_per_s"] / measured["offline_locations_per_s"]
